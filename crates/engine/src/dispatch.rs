@@ -1,0 +1,572 @@
+//! `Engine`: one JSON-RPC message in, at most one response out, for every transport alike.
+//!
+//! Cheap methods (lists, ping, setLevel) answer synchronously ([`Dispatch::Ready`]); handler
+//! calls (`tools/call`, `resources/read`, `prompts/get`) return a `'static` future
+//! ([`Dispatch::Pending`]) that owns everything it needs, so a transport may poll it inline, move
+//! it to a task when the client disconnects (a disconnect is not a cancellation), or drop it.
+//! The engine never does socket I/O and never decides HTTP statuses.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{AbortHandle, Abortable};
+use portcullis_protocol::{
+    Notification, ProtocolVersion, Request, RequestId, Response, RpcError, code, write_error,
+    write_result,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::context::{RequestContext, Sink};
+use crate::registry::{BoxFuture, Catalog, PromptCall, ReadCall, Registry, ToolCall, ToolError};
+use crate::session::{LogLevel, Negotiated, Session};
+
+/// Who this server says it is in `initialize`.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// `serverInfo.name`.
+    pub name: String,
+    /// `serverInfo.version`.
+    pub version: String,
+    /// `serverInfo.title`.
+    pub title: Option<String>,
+    /// `instructions` for the model.
+    pub instructions: Option<String>,
+}
+
+/// Engine limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Items per page of `*/list` results.
+    pub page_size: usize,
+    /// How long a handler waits for the client to answer a server-to-client request.
+    pub client_request_timeout: Duration,
+}
+
+/// The engine's answer to a request.
+pub enum Dispatch {
+    /// The serialized response, already complete.
+    Ready(Vec<u8>),
+    /// A handler runs; resolves to the response, or `None` if the request was cancelled
+    /// (2025-11-25 basic/utilities/cancellation: no response is sent).
+    Pending(BoxFuture<Option<Vec<u8>>>),
+}
+
+/// Dispatches messages against a registry.
+pub struct Engine {
+    registry: Arc<Registry>,
+    info: ServerInfo,
+    options: EngineOptions,
+}
+
+#[derive(Deserialize)]
+struct InitializeParams {
+    #[serde(rename = "protocolVersion")]
+    protocol_version: String,
+    #[serde(default)]
+    capabilities: Value,
+    #[serde(rename = "clientInfo", default)]
+    client_info: Value,
+}
+
+#[derive(Deserialize, Default)]
+struct MetaParams {
+    #[serde(rename = "progressToken", default)]
+    progress_token: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct CallParams {
+    name: String,
+    #[serde(default)]
+    arguments: Option<Value>,
+    #[serde(rename = "_meta", default)]
+    meta: Option<MetaParams>,
+}
+
+#[derive(Deserialize, Default)]
+struct ListParams {
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UriParams {
+    uri: String,
+    #[serde(rename = "_meta", default)]
+    meta: Option<MetaParams>,
+}
+
+#[derive(Deserialize)]
+struct PromptParams {
+    name: String,
+    #[serde(default)]
+    arguments: Option<HashMap<String, String>>,
+    #[serde(rename = "_meta", default)]
+    meta: Option<MetaParams>,
+}
+
+#[derive(Deserialize)]
+struct CompleteParams {
+    #[serde(rename = "ref")]
+    reference: CompleteRef,
+    argument: CompleteArgument,
+}
+
+#[derive(Deserialize)]
+struct CompleteRef {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    uri: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CompleteArgument {
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct CancelledParams<'a> {
+    #[serde(rename = "requestId", borrow)]
+    request_id: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct ErrorObject {
+    code: i64,
+    message: String,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+// === impl Engine ===
+
+impl Engine {
+    /// An engine over `registry`.
+    pub fn new(registry: Arc<Registry>, info: ServerInfo, options: EngineOptions) -> Self {
+        Self {
+            registry,
+            info,
+            options,
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Ends a session: stops its handlers and forgets it for notifications.
+    pub fn close_session(&self, session: &Session) {
+        self.registry.leave(session);
+        session.close();
+    }
+
+    /// Handles a request. `sink` carries what handlers send while they run.
+    pub fn request(&self, session: &Arc<Session>, req: &Request<'_>, sink: Sink) -> Dispatch {
+        let id = &req.id;
+        let method = req.method.as_ref();
+        let answer = match method {
+            "initialize" => self.initialize(session, req.params),
+            "ping" => Ok("{}".to_owned()),
+            _ if session.negotiated().is_none() => Err(RpcError::invalid_request(
+                "the session is not initialized: send initialize first",
+            )),
+            "tools/call" => return self.call_tool(session, req, sink),
+            "resources/read" => return self.read_resource(session, req, sink),
+            "prompts/get" => return self.get_prompt(session, req, sink),
+            "tools/list" => self.list(req.params, "tools", |c| {
+                c.tools
+                    .iter()
+                    .map(|t| t.definition.get().to_owned())
+                    .collect()
+            }),
+            "resources/list" => self.list(req.params, "resources", |c| {
+                c.resources
+                    .iter()
+                    .map(|r| r.definition.to_string())
+                    .collect()
+            }),
+            "resources/templates/list" => self.list(req.params, "resourceTemplates", |c| {
+                c.templates
+                    .iter()
+                    .map(|t| t.definition.to_string())
+                    .collect()
+            }),
+            "prompts/list" => self.list(req.params, "prompts", |c| {
+                c.prompts.iter().map(|p| p.definition.to_string()).collect()
+            }),
+            "resources/subscribe" => parse::<UriParams>(req.params).map(|p| {
+                session.subscribe(&p.uri);
+                "{}".to_owned()
+            }),
+            "resources/unsubscribe" => parse::<UriParams>(req.params).map(|p| {
+                session.unsubscribe(&p.uri);
+                "{}".to_owned()
+            }),
+            "completion/complete" => self.complete(req.params),
+            "logging/setLevel" => set_level(session, req.params),
+            other => Err(RpcError::method_not_found(other)),
+        };
+        Dispatch::Ready(match answer {
+            Ok(json) => write_result(id, &json),
+            Err(e) => write_error(Some(id), &e),
+        })
+    }
+
+    /// Handles a notification from the client. Never answers.
+    pub fn notification(&self, session: &Arc<Session>, note: &Notification<'_>) {
+        match note.method.as_ref() {
+            "notifications/initialized" => {
+                session.mark_initialized();
+            }
+            "notifications/cancelled" => {
+                let raw = note.params.map_or("{}", RawValue::get);
+                if let Ok(p) = serde_json::from_str::<CancelledParams<'_>>(raw)
+                    && let Some(id) = RequestId::from_raw(p.request_id)
+                {
+                    // Unknown or finished ids are ignored (the race is allowed by the spec).
+                    session.cancel(&id);
+                }
+            }
+            // roots/list_changed, progress from the client, anything unknown: nothing to do.
+            _ => {}
+        }
+    }
+
+    /// Routes a client's response to the server request that awaits it. Returns false when no
+    /// request of ours has that id (late, duplicate or forged).
+    pub fn response(&self, session: &Session, resp: &Response<'_>) -> bool {
+        let Some(id) = resp.id.as_u64() else {
+            return false;
+        };
+        let outcome = match resp.outcome {
+            Ok(raw) => serde_json::from_str::<Value>(raw.get())
+                .map_err(|e| RpcError::internal(format!("unreadable result from the client: {e}"))),
+            Err(raw) => Err(match serde_json::from_str::<ErrorObject>(raw.get()) {
+                Ok(e) => RpcError {
+                    code: e.code,
+                    message: e.message.into(),
+                    data: e.data,
+                },
+                Err(e) => RpcError::internal(format!("unreadable error from the client: {e}")),
+            }),
+        };
+        session.complete_response(id, outcome)
+    }
+
+    fn initialize(
+        &self,
+        session: &Arc<Session>,
+        params: Option<&RawValue>,
+    ) -> Result<String, RpcError> {
+        let p: InitializeParams = parse(params)?;
+        let version = ProtocolVersion::negotiate(&p.protocol_version);
+        let fresh = session.set_negotiated(Negotiated {
+            version,
+            client_capabilities: p.capabilities,
+            client_info: p.client_info,
+        });
+        if !fresh {
+            return Err(RpcError::invalid_request(
+                "the session is already initialized",
+            ));
+        }
+        self.registry.join(session);
+        let mut info = json!({ "name": self.info.name, "version": self.info.version });
+        if let Some(title) = &self.info.title {
+            info["title"] = json!(title);
+        }
+        let mut result = json!({
+            "protocolVersion": version.as_str(),
+            // Declared only for what is implemented (2025-11-25 basic/lifecycle §Capability Negotiation).
+            "capabilities": {
+                "tools": { "listChanged": true },
+                "resources": { "subscribe": true, "listChanged": true },
+                "prompts": { "listChanged": true },
+                "logging": {},
+                "completions": {},
+            },
+            "serverInfo": info,
+        });
+        if let Some(instructions) = &self.info.instructions {
+            result["instructions"] = json!(instructions);
+        }
+        Ok(result.to_string())
+    }
+
+    fn list(
+        &self,
+        params: Option<&RawValue>,
+        key: &str,
+        items: impl FnOnce(&Catalog) -> Vec<String>,
+    ) -> Result<String, RpcError> {
+        let p: ListParams = parse_or_default(params)?;
+        let all = items(&self.registry.snapshot());
+        let start = match p.cursor.as_deref() {
+            None => 0,
+            Some(c) => decode_cursor(c)
+                .filter(|&n| n <= all.len())
+                .ok_or_else(|| {
+                    RpcError::invalid_params(
+                        "invalid cursor: pass back a nextCursor from an earlier page",
+                    )
+                })?,
+        };
+        let end = (start + self.options.page_size.max(1)).min(all.len());
+        let mut out =
+            String::with_capacity(32 + all[start..end].iter().map(String::len).sum::<usize>());
+        out.push_str("{\"");
+        out.push_str(key);
+        out.push_str("\":[");
+        out.push_str(&all[start..end].join(","));
+        out.push(']');
+        if end < all.len() {
+            out.push_str(",\"nextCursor\":");
+            out.push_str(&json!(encode_cursor(end)).to_string());
+        }
+        out.push('}');
+        Ok(out)
+    }
+
+    fn context(
+        &self,
+        session: &Arc<Session>,
+        id: &RequestId,
+        meta: Option<MetaParams>,
+        sink: Sink,
+    ) -> RequestContext {
+        RequestContext {
+            session: session.clone(),
+            request_id: id.clone(),
+            progress_token: meta.and_then(|m| m.progress_token),
+            sink,
+            client_timeout: self.options.client_request_timeout,
+        }
+    }
+
+    fn call_tool(&self, session: &Arc<Session>, req: &Request<'_>, sink: Sink) -> Dispatch {
+        let id = &req.id;
+        let p: CallParams = match parse(req.params) {
+            Ok(p) => p,
+            Err(e) => return Dispatch::Ready(write_error(Some(id), &e)),
+        };
+        let catalog = self.registry.snapshot();
+        let Some(tool) = catalog.tool(&p.name) else {
+            // 2025-11-25 server/tools §Error Handling: unknown tool is a protocol error.
+            let e = RpcError::invalid_params(format!("unknown tool: {}", p.name));
+            return Dispatch::Ready(write_error(Some(id), &e));
+        };
+        let args = match p.arguments {
+            None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+            Some(v @ Value::Object(_)) => v,
+            Some(_) => {
+                let e = RpcError::invalid_params("tools/call arguments must be an object");
+                return Dispatch::Ready(write_error(Some(id), &e));
+            }
+        };
+        if !tool.validator.is_valid(&args) {
+            // Input validation failures are tool results the model can act on, not protocol errors.
+            let problems: Vec<String> = tool
+                .validator
+                .iter_errors(&args)
+                .take(5)
+                .map(|e| {
+                    let at = e.instance_path().to_string();
+                    if at.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{at}: {e}")
+                    }
+                })
+                .collect();
+            let out = crate::ToolOutput::error(format!(
+                "invalid arguments for tool {}: {}",
+                p.name,
+                problems.join("; ")
+            ));
+            return Dispatch::Ready(write_result(id, &to_json(&out)));
+        }
+        let ctx = self.context(session, id, p.meta, sink);
+        let fut = (tool.handler)(ToolCall { args, ctx });
+        self.pending(session, id, async move {
+            let out = match fut.await {
+                Ok(out) => out,
+                Err(ToolError(msg)) => crate::ToolOutput::error(msg),
+            };
+            Ok(to_json(&out))
+        })
+    }
+
+    fn read_resource(&self, session: &Arc<Session>, req: &Request<'_>, sink: Sink) -> Dispatch {
+        let id = &req.id;
+        let p: UriParams = match parse(req.params) {
+            Ok(p) => p,
+            Err(e) => return Dispatch::Ready(write_error(Some(id), &e)),
+        };
+        let catalog = self.registry.snapshot();
+        let (reader, vars) = if let Some(r) = catalog.resource(&p.uri) {
+            (r.reader.clone(), HashMap::new())
+        } else if let Some((t, vars)) = catalog.match_template(&p.uri) {
+            (t.reader.clone(), vars)
+        } else {
+            let e = RpcError::new(
+                code::RESOURCE_NOT_FOUND,
+                format!("resource not found: {}", p.uri),
+            )
+            .with_data(json!({ "uri": p.uri }));
+            return Dispatch::Ready(write_error(Some(id), &e));
+        };
+        let ctx = self.context(session, id, p.meta, sink);
+        let fut = reader(ReadCall {
+            uri: p.uri,
+            vars,
+            ctx,
+        });
+        self.pending(session, id, async move {
+            let contents = fut.await?;
+            Ok(to_json(&json!({ "contents": contents })))
+        })
+    }
+
+    fn get_prompt(&self, session: &Arc<Session>, req: &Request<'_>, sink: Sink) -> Dispatch {
+        let id = &req.id;
+        let p: PromptParams = match parse(req.params) {
+            Ok(p) => p,
+            Err(e) => return Dispatch::Ready(write_error(Some(id), &e)),
+        };
+        let catalog = self.registry.snapshot();
+        let Some(prompt) = catalog.prompt(&p.name) else {
+            let e = RpcError::invalid_params(format!("unknown prompt: {}", p.name));
+            return Dispatch::Ready(write_error(Some(id), &e));
+        };
+        let args = p.arguments.unwrap_or_default();
+        if let Some(missing) = prompt.required.iter().find(|r| !args.contains_key(*r)) {
+            let e =
+                RpcError::invalid_params(format!("prompt {} needs the argument {missing}", p.name));
+            return Dispatch::Ready(write_error(Some(id), &e));
+        }
+        let ctx = self.context(session, id, p.meta, sink);
+        let fut = (prompt.handler)(PromptCall { args, ctx });
+        self.pending(session, id, async move { Ok(to_json(&fut.await?)) })
+    }
+
+    /// Wraps a handler future: registered for cancellation, serialized when done.
+    fn pending(
+        &self,
+        session: &Arc<Session>,
+        id: &RequestId,
+        fut: impl Future<Output = Result<String, RpcError>> + Send + 'static,
+    ) -> Dispatch {
+        let (handle, registration) = AbortHandle::new_pair();
+        session.track(id.clone(), handle);
+        let session = session.clone();
+        let id = id.clone();
+        Dispatch::Pending(Box::pin(async move {
+            let outcome = Abortable::new(fut, registration).await;
+            session.untrack(&id);
+            match outcome {
+                Ok(Ok(json)) => Some(write_result(&id, &json)),
+                Ok(Err(e)) => Some(write_error(Some(&id), &e)),
+                Err(_aborted) => None,
+            }
+        }))
+    }
+
+    fn complete(&self, params: Option<&RawValue>) -> Result<String, RpcError> {
+        let p: CompleteParams = parse(params)?;
+        let catalog = self.registry.snapshot();
+        let completer = match p.reference.kind.as_str() {
+            "ref/prompt" => {
+                let name = p.reference.name.as_deref().unwrap_or_default();
+                let prompt = catalog
+                    .prompt(name)
+                    .ok_or_else(|| RpcError::invalid_params(format!("unknown prompt: {name}")))?;
+                prompt.completions.get(&p.argument.name).cloned()
+            }
+            "ref/resource" => {
+                let uri = p.reference.uri.as_deref().unwrap_or_default();
+                let t = catalog
+                    .templates
+                    .iter()
+                    .find(|t| t.template.as_str() == uri)
+                    .ok_or_else(|| {
+                        RpcError::invalid_params(format!("unknown resource template: {uri}"))
+                    })?;
+                t.completions.get(&p.argument.name).cloned()
+            }
+            other => {
+                return Err(RpcError::invalid_params(format!(
+                    "unknown completion reference type: {other}"
+                )));
+            }
+        };
+        let mut values = completer.map(|f| f(&p.argument.value)).unwrap_or_default();
+        let total = values.len();
+        values.truncate(100);
+        Ok(
+            json!({ "completion": { "values": values, "total": total, "hasMore": total > 100 } })
+                .to_string(),
+        )
+    }
+}
+
+fn set_level(session: &Session, params: Option<&RawValue>) -> Result<String, RpcError> {
+    #[derive(Deserialize)]
+    struct P {
+        level: String,
+    }
+    let p: P = parse(params)?;
+    let level = LogLevel::parse(&p.level).ok_or_else(|| {
+        RpcError::invalid_params(format!(
+            "unknown log level {:?}: use debug, info, notice, warning, error, critical, alert or emergency",
+            p.level
+        ))
+    })?;
+    session.set_log_level(level);
+    Ok("{}".to_owned())
+}
+
+fn parse<T: DeserializeOwned>(params: Option<&RawValue>) -> Result<T, RpcError> {
+    let raw = params.map_or("{}", RawValue::get);
+    serde_json::from_str(raw).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
+}
+
+fn parse_or_default<T: DeserializeOwned + Default>(
+    params: Option<&RawValue>,
+) -> Result<T, RpcError> {
+    match params {
+        None => Ok(T::default()),
+        Some(_) => parse(params),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Results are built from strings, numbers and `Value`s: serialization cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn encode_cursor(offset: usize) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{offset}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<usize> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    std::str::from_utf8(&bytes)
+        .ok()?
+        .strip_prefix("offset:")?
+        .parse()
+        .ok()
+}

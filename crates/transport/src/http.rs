@@ -1,0 +1,700 @@
+//! Streamable HTTP (2025-11-25 basic/transports §Streamable HTTP) on one endpoint, and the
+//! server loop around it.
+//!
+//! The POST path, top to bottom: Host/Origin check → Content-Type → Accept → body (size limit)
+//! → parse (UTF-8, depth, JSON-RPC) → `MCP-Protocol-Version` → `initialize` creates a session,
+//! anything else needs a known `Mcp-Session-Id` → engine → JSON, or SSE when the handler sends
+//! something before its result. GET opens (or resumes, with `Last-Event-ID`) a stream; DELETE ends
+//! the session.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use portcullis_engine::{BoxFuture, Dispatch, Engine, Outbound, Sink};
+use portcullis_protocol::{
+    Body as RpcBody, Message, ProtocolVersion, Request, parse_body, write_error,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::guard::OriginPolicy;
+use crate::legacy::LegacySessions;
+use crate::sse::{self, Framing};
+use crate::store::{HttpSession, SessionStore};
+use crate::wire::{self, Accept, LAST_EVENT_ID, Rejection, SESSION_HEADER, VERSION_HEADER};
+
+/// Streamable HTTP and HTTP+SSE settings.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// The MCP endpoint path (default `/mcp`).
+    pub path: String,
+    /// The 2024-11-05 SSE endpoint path (default `/sse`).
+    pub sse_path: String,
+    /// The 2024-11-05 POST endpoint path (default `/message`).
+    pub message_path: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Deepest accepted JSON nesting.
+    pub max_json_depth: usize,
+    /// DNS-rebinding protection.
+    pub origins: OriginPolicy,
+    /// Sessions idle longer than this are ended.
+    pub session_idle_ttl: Duration,
+    /// Most sessions at once (Streamable HTTP and HTTP+SSE counted separately).
+    pub max_sessions: usize,
+    /// Interval of SSE `: keepalive` comments.
+    pub keepalive: Duration,
+    /// The SSE `retry:` hint.
+    pub sse_retry: Duration,
+    /// Events buffered per SSE stream for resumption.
+    pub sse_buffer_events: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            path: "/mcp".into(),
+            sse_path: "/sse".into(),
+            message_path: "/message".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_json_depth: 64,
+            origins: OriginPolicy::loopback(),
+            session_idle_ttl: Duration::from_secs(30 * 60),
+            max_sessions: 10_000,
+            keepalive: Duration::from_secs(15),
+            sse_retry: Duration::from_secs(1),
+            sse_buffer_events: 256,
+        }
+    }
+}
+
+/// Shared state of the HTTP handlers.
+pub(crate) struct App {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) opts: HttpOptions,
+    /// True once shutdown began; SSE readers end when it flips. The sender is held by [`serve`].
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) legacy: LegacySessions,
+}
+
+/// What one request's log line says.
+#[derive(Default)]
+struct Trace {
+    method: Option<String>,
+    tool: Option<String>,
+    session: Option<Arc<str>>,
+}
+
+/// Builds the router: the MCP endpoint and the 2024-11-05 endpoints.
+pub fn router(
+    engine: Arc<Engine>,
+    store: Arc<dyn SessionStore>,
+    opts: HttpOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Router {
+    let app = Arc::new(App {
+        engine,
+        store,
+        legacy: LegacySessions::default(),
+        opts: opts.clone(),
+        shutdown,
+    });
+    Router::new()
+        .route(&opts.path, post(post_mcp).get(get_mcp).delete(delete_mcp))
+        .route(&opts.sse_path, get(crate::legacy::get_sse))
+        .route(&opts.message_path, post(crate::legacy::post_message))
+        .with_state(app)
+}
+
+/// Serves `router` on `listener` until `signal` resolves, then stops accepting, ends SSE streams,
+/// lets in-flight requests finish and returns — or returns after `grace` regardless.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    store: Arc<dyn SessionStore>,
+    opts: HttpOptions,
+    signal: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let (tx, rx) = watch::channel(false);
+    let reaper = tokio::spawn(reap(
+        engine.clone(),
+        store.clone(),
+        opts.session_idle_ttl,
+        rx.clone(),
+    ));
+    let app = router(engine.clone(), store.clone(), opts, rx.clone());
+    // Nagle's algorithm plus delayed ACKs costs 40 ms per small response; disable it everywhere.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let tx2 = tx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        signal.await;
+        tracing::info!("shutdown: no longer accepting connections; closing streams");
+        let _ = tx2.send(true);
+    });
+    let mut deadline_rx = rx;
+    let result = tokio::select! {
+        r = server.into_future() => r,
+        () = async move {
+            let _ = deadline_rx.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown: deadline passed with requests still in flight");
+            Ok(())
+        }
+    };
+    let _ = tx.send(true);
+    reaper.abort();
+    for hs in store.drain() {
+        engine.close_session(hs.session());
+        hs.finish_streams();
+    }
+    result
+}
+
+/// Ends idle sessions periodically.
+async fn reap(
+    engine: Arc<Engine>,
+    store: Arc<dyn SessionStore>,
+    ttl: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for hs in store.take_idle(ttl) {
+            tracing::debug!(session = short(hs.id()), "session expired");
+            engine.close_session(hs.session());
+            hs.finish_streams();
+        }
+    }
+}
+
+// === POST ===
+
+async fn post_mcp(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let mut trace = Trace::default();
+    let resp = match app.post(&headers, body, &mut trace).await {
+        Ok(r) => r,
+        Err(rej) => rej.into_response(),
+    };
+    log(&trace, "POST", resp.status(), started);
+    resp
+}
+
+impl App {
+    async fn post(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        body: Body,
+        trace: &mut Trace,
+    ) -> Result<Response, Rejection> {
+        self.opts
+            .origins
+            .check(headers)
+            .map_err(Rejection::Forbidden)?;
+        if !wire::is_json_content(headers) {
+            return Err(Rejection::UnsupportedMediaType);
+        }
+        let accept = Accept::from_headers(headers);
+        if !accept.json && !accept.sse {
+            return Err(Rejection::NotAcceptable);
+        }
+        let bytes = read_body(body, headers, self.opts.max_body_bytes).await?;
+        let parsed = parse_body(&bytes, self.opts.max_json_depth).map_err(Rejection::Parse)?;
+        let id_of = |b: &RpcBody<'_>| match b {
+            RpcBody::Single(Message::Request(r)) => Some(r.id.clone()),
+            _ => None,
+        };
+        if let Some(v) = headers.get(VERSION_HEADER) {
+            let v = v.to_str().unwrap_or("");
+            // Any supported version is accepted, even one other than the session's: conformance
+            // 0.1.16 sends 2025-03-26 on 2025-11-25 sessions (spec.md §2.3 row 19).
+            if ProtocolVersion::parse(v.trim()).is_none() {
+                return Err(Rejection::UnsupportedVersion {
+                    requested: v.to_owned(),
+                    id: id_of(&parsed),
+                });
+            }
+        }
+        if let RpcBody::Single(Message::Request(req)) = &parsed
+            && req.method == "initialize"
+        {
+            trace.method = Some("initialize".into());
+            return self.initialize(req, accept, trace);
+        }
+        let hs = self.session(headers)?;
+        trace.session = Some(hs.session().id_arc());
+        hs.session().touch();
+        match parsed {
+            RpcBody::Single(Message::Request(req)) => {
+                trace.method = Some(req.method.to_string());
+                if req.method == "tools/call" && tracing::enabled!(tracing::Level::INFO) {
+                    trace.tool = tool_name(&req);
+                }
+                Ok(self.answer(&hs, &req, accept).await)
+            }
+            RpcBody::Single(Message::Notification(n)) => {
+                trace.method = Some(n.method.to_string());
+                self.engine.notification(hs.session(), &n);
+                Ok(wire::accepted())
+            }
+            RpcBody::Single(Message::Response(r)) => {
+                trace.method = Some("response".into());
+                self.engine.response(hs.session(), &r);
+                Ok(wire::accepted())
+            }
+            RpcBody::Batch(items) => {
+                trace.method = Some("batch".into());
+                if !hs
+                    .session()
+                    .version()
+                    .is_some_and(ProtocolVersion::allows_batch)
+                {
+                    return Err(Rejection::BatchNotAllowed);
+                }
+                self.batch(&hs, items).await
+            }
+        }
+    }
+
+    fn initialize(
+        &self,
+        req: &Request<'_>,
+        accept: Accept,
+        trace: &mut Trace,
+    ) -> Result<Response, Rejection> {
+        if self.store.len() >= self.opts.max_sessions {
+            return Err(Rejection::TooManySessions);
+        }
+        let hs = Arc::new(HttpSession::new(self.opts.sse_buffer_events));
+        let Dispatch::Ready(answer) = self.engine.request(hs.session(), req, Sink::Session) else {
+            // `initialize` is always answered synchronously.
+            return Ok(wire::json(StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()));
+        };
+        if hs.session().negotiated().is_none() {
+            return Ok(wire::single(answer, accept));
+        }
+        self.store
+            .insert(hs.clone())
+            .map_err(|_| Rejection::TooManySessions)?;
+        trace.session = Some(hs.session().id_arc());
+        Ok(wire::with_session(wire::single(answer, accept), hs.id()))
+    }
+
+    fn session(&self, headers: &HeaderMap) -> Result<Arc<HttpSession>, Rejection> {
+        let id = headers
+            .get(SESSION_HEADER)
+            .ok_or(Rejection::MissingSession)?;
+        let id = id.to_str().map_err(|_| Rejection::UnknownSession)?;
+        self.store.get(id).ok_or(Rejection::UnknownSession)
+    }
+
+    /// Runs one request. Fast handlers answer with JSON; a handler that sends anything first
+    /// turns the response into an SSE stream carrying those messages, then the result.
+    async fn answer(&self, hs: &Arc<HttpSession>, req: &Request<'_>, accept: Accept) -> Response {
+        let (tx, mut rx) = mpsc::channel(64);
+        let fut = match self.engine.request(hs.session(), req, Sink::Stream(tx)) {
+            Dispatch::Ready(bytes) => return wire::single(bytes, accept),
+            Dispatch::Pending(fut) => fut,
+        };
+        if !accept.sse {
+            // JSON only: nothing can be streamed, so whatever the handler sends is dropped.
+            drop(rx);
+            return match Detached::new(fut).await {
+                Some(bytes) => wire::single(bytes, accept),
+                None => wire::accepted(),
+            };
+        }
+        let mut fut = Detached::new(fut);
+        let mut early = Vec::new();
+        tokio::select! {
+            biased;
+            out = &mut fut => {
+                while let Ok(m) = rx.try_recv() {
+                    early.push(m);
+                }
+                if early.is_empty() {
+                    return match out {
+                        Some(bytes) => wire::single(bytes, accept),
+                        None => wire::accepted(),
+                    };
+                }
+                let stream = hs.open_stream();
+                for m in early {
+                    deliver(&stream, m);
+                }
+                if let Some(bytes) = out {
+                    stream.push(Bytes::from(bytes));
+                }
+                stream.finish();
+                self.stream_response(hs, stream)
+            }
+            first = rx.recv() => {
+                let stream = hs.open_stream();
+                if let Some(m) = first {
+                    deliver(&stream, m);
+                }
+                let forward = stream.clone();
+                let fut = fut.into_inner();
+                tokio::spawn(async move {
+                    let mut fut = std::pin::pin!(fut);
+                    let out = loop {
+                        tokio::select! {
+                            biased;
+                            m = rx.recv() => match m {
+                                Some(m) => deliver(&forward, m),
+                                None => break fut.await,
+                            },
+                            out = &mut fut => {
+                                while let Ok(m) = rx.try_recv() {
+                                    deliver(&forward, m);
+                                }
+                                break out;
+                            }
+                        }
+                    };
+                    if let Some(bytes) = out {
+                        forward.push(Bytes::from(bytes));
+                    }
+                    forward.finish();
+                });
+                self.stream_response(hs, stream)
+            }
+        }
+    }
+
+    fn stream_response(&self, hs: &Arc<HttpSession>, stream: Arc<sse::EventStream>) -> Response {
+        // The priming event is a 2025-11-25 addition; older clients may choke on empty data.
+        let priming = hs
+            .session()
+            .version()
+            .is_some_and(|v| v >= ProtocolVersion::V2025_11_25);
+        let id = stream.id();
+        let owner = Arc::downgrade(hs);
+        let body = sse::reader(
+            stream,
+            0,
+            priming,
+            self.framing(),
+            hs.session().clone(),
+            self.shutdown.clone(),
+            move |drained| {
+                if drained && let Some(hs) = owner.upgrade() {
+                    hs.forget_stream(id);
+                }
+            },
+        );
+        wire::sse(Body::from_stream(body))
+    }
+
+    pub(crate) fn framing(&self) -> Framing {
+        Framing {
+            retry: self.opts.sse_retry,
+            keepalive: self.opts.keepalive,
+        }
+    }
+
+    async fn batch(
+        &self,
+        hs: &Arc<HttpSession>,
+        items: Vec<
+            Result<
+                Message<'_>,
+                (
+                    Option<portcullis_protocol::RequestId>,
+                    portcullis_protocol::RpcError,
+                ),
+            >,
+        >,
+    ) -> Result<Response, Rejection> {
+        let mut answers = Vec::new();
+        let mut pending = Vec::new();
+        for item in items {
+            match item {
+                Err((id, e)) => answers.push(write_error(id.as_ref(), &e)),
+                Ok(Message::Request(r)) if r.method == "initialize" => {
+                    return Err(Rejection::InitializeInBatch);
+                }
+                Ok(Message::Request(r)) => {
+                    match self.engine.request(hs.session(), &r, Sink::Session) {
+                        Dispatch::Ready(b) => answers.push(b),
+                        Dispatch::Pending(f) => pending.push(Detached::new(f)),
+                    }
+                }
+                Ok(Message::Notification(n)) => self.engine.notification(hs.session(), &n),
+                Ok(Message::Response(r)) => {
+                    self.engine.response(hs.session(), &r);
+                }
+            }
+        }
+        answers.extend(
+            futures_util::future::join_all(pending)
+                .await
+                .into_iter()
+                .flatten(),
+        );
+        if answers.is_empty() {
+            return Ok(wire::accepted());
+        }
+        let mut out =
+            Vec::with_capacity(answers.iter().map(Vec::len).sum::<usize>() + answers.len() + 2);
+        out.push(b'[');
+        for (i, a) in answers.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(a);
+        }
+        out.push(b']');
+        Ok(wire::json(StatusCode::OK, Bytes::from(out)))
+    }
+}
+
+fn deliver(stream: &sse::EventStream, m: Outbound) {
+    match m {
+        Outbound::Message(b) => {
+            stream.push(b);
+        }
+        Outbound::CloseStream => stream.close_connection(),
+    }
+}
+
+/// Reads the body, refusing more than `limit` bytes (413) before buffering them.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, Rejection> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Rejection::PayloadTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Rejection::PayloadTooLarge(limit))
+        }
+        Err(_) => Err(Rejection::BodyUnreadable),
+    }
+}
+
+fn tool_name(req: &Request<'_>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct P {
+        name: String,
+    }
+    serde_json::from_str::<P>(req.params?.get())
+        .ok()
+        .map(|p| p.name)
+}
+
+// === GET and DELETE ===
+
+async fn get_mcp(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let mut trace = Trace {
+        method: Some("stream".into()),
+        ..Trace::default()
+    };
+    let resp = match app.get(&headers, &mut trace) {
+        Ok(r) => r,
+        Err(rej) => rej.into_response(),
+    };
+    log(&trace, "GET", resp.status(), started);
+    resp
+}
+
+impl App {
+    fn get(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        trace: &mut Trace,
+    ) -> Result<Response, Rejection> {
+        self.opts
+            .origins
+            .check(headers)
+            .map_err(Rejection::Forbidden)?;
+        let accept = Accept::from_headers(headers);
+        if headers.get(SESSION_HEADER).is_none() {
+            // A client that fell back to the 2024-11-05 transport GETs the endpoint it was given
+            // (2025-11-25 basic/transports §Backwards Compatibility): serve the legacy stream here.
+            if accept.sse {
+                trace.method = Some("legacy-stream".into());
+                return crate::legacy::open(self, trace);
+            }
+            return Err(Rejection::MethodNotAllowed("POST, GET, DELETE"));
+        }
+        if !accept.sse {
+            return Err(Rejection::NotAcceptable);
+        }
+        if let Some(v) = headers.get(VERSION_HEADER) {
+            let v = v.to_str().unwrap_or("");
+            if ProtocolVersion::parse(v.trim()).is_none() {
+                return Err(Rejection::UnsupportedVersion {
+                    requested: v.to_owned(),
+                    id: None,
+                });
+            }
+        }
+        let hs = self.session(headers)?;
+        trace.session = Some(hs.session().id_arc());
+        hs.session().touch();
+        let resume = headers
+            .get(LAST_EVENT_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(sse::parse_event_id);
+        let (stream, cursor) = match resume.and_then(|(s, seq)| hs.stream(s).map(|st| (st, seq))) {
+            Some(found) => found,
+            // No resumable stream by that id (or no id): the standalone stream, from now on.
+            None => (hs.standalone().clone(), u64::MAX),
+        };
+        let cursor = if cursor == u64::MAX { 0 } else { cursor };
+        let id = stream.id();
+        let standalone = id == 0;
+        let owner = Arc::downgrade(&hs);
+        let body = sse::reader(
+            stream,
+            cursor,
+            standalone,
+            self.framing(),
+            hs.session().clone(),
+            self.shutdown.clone(),
+            move |drained| {
+                if drained
+                    && !standalone
+                    && let Some(hs) = owner.upgrade()
+                {
+                    hs.forget_stream(id);
+                }
+            },
+        );
+        Ok(wire::sse(Body::from_stream(body)))
+    }
+}
+
+async fn delete_mcp(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let mut trace = Trace {
+        method: Some("terminate".into()),
+        ..Trace::default()
+    };
+    let resp = match app.delete(&headers, &mut trace) {
+        Ok(r) => r,
+        Err(rej) => rej.into_response(),
+    };
+    log(&trace, "DELETE", resp.status(), started);
+    resp
+}
+
+impl App {
+    fn delete(&self, headers: &HeaderMap, trace: &mut Trace) -> Result<Response, Rejection> {
+        self.opts
+            .origins
+            .check(headers)
+            .map_err(Rejection::Forbidden)?;
+        let id = headers
+            .get(SESSION_HEADER)
+            .ok_or(Rejection::MissingSession)?;
+        let id = id.to_str().map_err(|_| Rejection::UnknownSession)?;
+        let hs = self.store.remove(id).ok_or(Rejection::UnknownSession)?;
+        trace.session = Some(hs.session().id_arc());
+        self.engine.close_session(hs.session());
+        hs.finish_streams();
+        Ok(StatusCode::OK.into_response())
+    }
+}
+
+/// Query of the legacy POST endpoint.
+#[derive(serde::Deserialize)]
+pub(crate) struct SessionQuery {
+    #[serde(rename = "sessionId", alias = "session_id")]
+    pub(crate) session_id: Option<String>,
+}
+
+pub(crate) type LegacyQuery = Query<SessionQuery>;
+
+/// A handler future that keeps running if the HTTP request is dropped: a client disconnect is not
+/// a cancellation (2025-11-25 basic/transports §Sending Messages to the Server). Dropped while
+/// pending, it moves itself to a task; its result is then discarded.
+pub(crate) struct Detached {
+    inner: Option<BoxFuture<Option<Vec<u8>>>>,
+}
+
+impl Detached {
+    pub(crate) fn new(fut: BoxFuture<Option<Vec<u8>>>) -> Self {
+        Self { inner: Some(fut) }
+    }
+
+    fn into_inner(mut self) -> BoxFuture<Option<Vec<u8>>> {
+        self.inner
+            .take()
+            .unwrap_or_else(|| Box::pin(async { None }))
+    }
+}
+
+impl Future for Detached {
+    type Output = Option<Vec<u8>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(fut) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(out) => {
+                self.inner = None;
+                Poll::Ready(out)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(fut) = self.inner.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(fut);
+        }
+    }
+}
+
+pub(crate) fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn log(trace: &Trace, verb: &str, status: StatusCode, started: Instant) {
+    tracing::info!(
+        target: "portcullis::request",
+        http = verb,
+        method = trace.method.as_deref().unwrap_or("-"),
+        tool = trace.tool.as_deref(),
+        session = trace.session.as_deref().map(short),
+        status = status.as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+    );
+}

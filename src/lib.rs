@@ -1,0 +1,85 @@
+//! The `portcullis` binary's library half: configuration, the demo tools, and the wiring that
+//! builds an engine from a registry and runs it on a transport. Examples and tests use it the
+//! same way `main.rs` does.
+//!
+//! This crate is the only one that reads files, environment variables and signals; the libraries
+//! under `crates/` take what they need as arguments.
+
+pub mod config;
+pub mod demo;
+
+use std::sync::Arc;
+
+use portcullis_engine::{Engine, EngineOptions, Registry, ServerInfo};
+use portcullis_transport::{HttpOptions, MemoryStore};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// The engine for `registry` with the resolved settings.
+pub fn engine(registry: Arc<Registry>, config: &Config, name: &str) -> Arc<Engine> {
+    Arc::new(Engine::new(
+        registry,
+        ServerInfo {
+            name: name.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            title: Some("Portcullis".to_owned()),
+            instructions: None,
+        },
+        EngineOptions {
+            page_size: config.page_size,
+            client_request_timeout: config.client_request_timeout,
+        },
+    ))
+}
+
+/// Serves Streamable HTTP and HTTP+SSE on `listener` until SIGINT/SIGTERM, then shuts down
+/// within the configured grace period.
+pub async fn serve_http(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    config: &Config,
+) -> std::io::Result<()> {
+    serve_http_until(
+        listener,
+        engine,
+        config.http.clone(),
+        config.shutdown_grace,
+        shutdown_signal(),
+    )
+    .await
+}
+
+/// Like [`serve_http`] with an explicit shutdown future (tests).
+pub async fn serve_http_until(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    http: HttpOptions,
+    grace: std::time::Duration,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let store = Arc::new(MemoryStore::new(http.max_sessions));
+    portcullis_transport::serve(listener, engine, store, http, signal, grace).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

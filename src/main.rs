@@ -1,0 +1,155 @@
+//! `portcullis`: the command line. Parses arguments, loads the configuration, sets up logging
+//! (always on stderr: stdout belongs to the stdio transport) and runs the chosen transport.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use portcullis::config::{Config, LogFormat, RawConfig};
+use portcullis_engine::Registry;
+use portcullis_transport::StdioOptions;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// An MCP server and gateway for teams.
+#[derive(Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP over Streamable HTTP and HTTP+SSE (default), or over stdio.
+    Serve(ServeArgs),
+    /// Check a configuration file and print the resolved settings.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (default: the embedded default).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen address, overriding the file (e.g. 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Speak newline-delimited JSON-RPC on stdin/stdout instead of HTTP.
+    #[arg(long)]
+    stdio: bool,
+    /// Log format, overriding the file.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig { file } => check_config(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<(Config, bool)> {
+    let raw = match path {
+        Some(p) => RawConfig::load(p)?,
+        None => RawConfig::default(),
+    };
+    let hosts_set = raw.server.allowed_hosts.is_some() || raw.server.allowed_origins.is_some();
+    Ok((Config::resolve(raw)?, hosts_set))
+}
+
+fn check_config(file: &PathBuf) -> anyhow::Result<()> {
+    let (config, _) = load(Some(file))?;
+    eprintln!("{} is valid", file.display());
+    eprintln!("{config:#?}");
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (mut config, hosts_set) = load(args.config.as_ref())?;
+    if let Some(listen) = args.listen {
+        config = config.with_listen(listen, hosts_set);
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = format;
+    }
+    init_logging(&config)?;
+    let registry = Arc::new(Registry::new());
+    if config.demo {
+        portcullis::demo::register(&registry).context("registering the demo tools")?;
+    }
+    let engine = portcullis::engine(registry, &config, "portcullis");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        if args.stdio {
+            tracing::info!("serving MCP on stdio");
+            let opts = StdioOptions {
+                max_message_bytes: config.http.max_body_bytes,
+                max_json_depth: config.http.max_json_depth,
+                grace: config.shutdown_grace,
+            };
+            portcullis_transport::stdio::serve(
+                engine,
+                tokio::io::stdin(),
+                tokio::io::stdout(),
+                opts,
+            )
+            .await
+            .context("stdio transport")?;
+            return Ok(());
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        tracing::info!(
+            "listening on http://{addr}{} (Streamable HTTP) and http://{addr}{} (HTTP+SSE)",
+            config.http.path,
+            config.http.sse_path
+        );
+        if addr.ip().is_loopback() {
+            tracing::warn!("authentication is not configured: this server is for local use only");
+        }
+        portcullis::serve_http(listener, engine, &config)
+            .await
+            .context("HTTP transport")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v).context("invalid RUST_LOG")?,
+        _ => EnvFilter::try_new(&config.log.level)
+            .with_context(|| format!("invalid log.level {:?}", config.log.level))?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder.with_ansi(false).init(),
+    }
+    Ok(())
+}
