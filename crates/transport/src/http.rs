@@ -351,10 +351,15 @@ impl App {
                 self.stream_response(hs, stream)
             }
             first = rx.recv() => {
+                let Some(first) = first else {
+                    // The handler dropped its context: it can send nothing more, so JSON it is.
+                    return match fut.await {
+                        Some(bytes) => wire::single(bytes, accept),
+                        None => wire::accepted(),
+                    };
+                };
                 let stream = hs.open_stream();
-                if let Some(m) = first {
-                    deliver(&stream, m);
-                }
+                deliver(&stream, first);
                 let forward = stream.clone();
                 let fut = fut.into_inner();
                 tokio::spawn(async move {

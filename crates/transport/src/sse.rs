@@ -193,9 +193,7 @@ impl Reader {
         if let Some(f) = self.first.take() {
             return Some(f);
         }
-        if self.on_end.is_none() {
-            return None;
-        }
+        self.on_end.as_ref()?;
         loop {
             let stream = self.stream.clone();
             let wake = stream.wake.notified();

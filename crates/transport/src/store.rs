@@ -6,7 +6,7 @@
 //! streams, each a bounded, resumable event buffer.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -166,9 +166,7 @@ impl MemoryStore {
     }
 
     fn shard(&self, id: &str) -> &RwLock<HashMap<Arc<str>, Arc<HttpSession>>> {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.shards[h.finish() as usize % SHARDS]
+        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
     }
 }
 
