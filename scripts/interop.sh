@@ -61,8 +61,12 @@ inspector_step() {
   local name=$1 check=$2 out rc=0 hdr=()
   shift 2
   [ -n "$token" ] && hdr=(--header "Authorization: Bearer $token")
+  # stdout is the JSON result; stderr carries diagnostics (e.g. schema portability notes).
+  local errf; errf=$(mktemp)
   out=$(timeout --foreground -k 10 "$to" "$node" "$npm_dir/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js" \
-    --cli "$mcp_url" --transport http "${hdr[@]}" "$@" 2>&1) || rc=$?
+    --cli "$mcp_url" --transport http "${hdr[@]}" "$@" 2>"$errf") || rc=$?
+  if [ -s "$errf" ]; then sed 's/^/  inspector: /' "$errf" | head -n 5; fi
+  rm -f "$errf"
   if [ $rc != 0 ]; then
     echo "FAIL $name: inspector exit $rc: $(printf '%s' "$out" | tail -n 3 | tr '\n' ' ' | cut -c1-300)"
     return 1

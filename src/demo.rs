@@ -206,7 +206,7 @@ fn read_log() -> Result<Tool, RegistryError> {
         "type": "object",
         "properties": {
             "data": { "type": "array", "items": { "type": "string" } },
-            "nextOffset": { "type": ["integer", "null"] },
+            "nextOffset": { "anyOf": [{ "type": "integer" }, { "type": "null" }] },
             "hasMore": { "type": "boolean" }
         },
         "required": ["data", "nextOffset", "hasMore"]
