@@ -426,9 +426,16 @@ mod docs_tests {
     #[test]
     fn docs_config_example_is_the_default() {
         let doc = include_str!("../docs/config.md");
-        let start = doc.find("```toml\n").expect("docs/config.md has a toml block") + 8;
+        let start = doc
+            .find("```toml\n")
+            .expect("docs/config.md has a toml block")
+            + 8;
         let end = start + doc[start..].find("```").expect("the toml block ends");
-        let from_docs = Config::resolve(RawConfig::parse(&doc[start..end], "docs/config.md").unwrap()).unwrap();
-        assert_eq!(format!("{from_docs:?}"), format!("{:?}", Config::embedded()));
+        let from_docs =
+            Config::resolve(RawConfig::parse(&doc[start..end], "docs/config.md").unwrap()).unwrap();
+        assert_eq!(
+            format!("{from_docs:?}"),
+            format!("{:?}", Config::embedded())
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Shared helpers for the in-process end-to-end tests: a server on 127.0.0.1:0 with the demo
 //! tools plus test-only tools, and a small MCP client over reqwest.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
