@@ -282,21 +282,10 @@ async fn the_session_limit_and_idle_expiry_hold() {
 }
 
 #[tokio::test]
-async fn list_changed_reaches_the_standalone_stream() {
+async fn list_changed_and_resource_updates_reach_the_standalone_stream() {
     let s = start().await;
     let c = client();
     let sid = initialize(&c, &s.url(), LATEST).await;
-    let mut r = c
-        .get(s.url())
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let first = r.chunk().await.unwrap().unwrap();
-    assert!(std::str::from_utf8(&first).unwrap().starts_with("id: 0-0"));
-    // Subscribing and a template read also work on this session.
     let r2 = call(
         &c,
         &s.url(),
@@ -309,7 +298,51 @@ async fn list_changed_reaches_the_standalone_stream() {
     )
     .await;
     assert_eq!(r2.status(), 200);
-    drop(r);
+    let mut r = c
+        .get(s.url())
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(std::str::from_utf8(&first).unwrap().starts_with("id: 0-0"));
+
+    s.registry.add_tool(
+        portcullis_engine::Tool::new("late_tool", "Registered after the session began")
+            .handler(|_| async { Ok(portcullis_engine::ToolOutput::text("late")) })
+            .unwrap(),
+    );
+    s.registry.resource_updated("portcullis://demo/readme");
+    s.registry.resource_updated("portcullis://not-subscribed");
+    let mut seen = String::new();
+    while !seen.contains("resources/updated") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(seen.contains("notifications/tools/list_changed"), "{seen}");
+    assert!(
+        seen.contains("portcullis://demo/readme") && !seen.contains("not-subscribed"),
+        "{seen}"
+    );
+    // The new tool is listed.
+    let v: Value = call(&c, &s.url(), &sid, &rpc(6, "tools/list", json!({})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "late_tool")
+    );
 }
 
 #[tokio::test]

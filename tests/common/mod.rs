@@ -20,6 +20,7 @@ pub struct Server {
     pub base: String,
     pub store: Arc<MemoryStore>,
     pub cancelled: Arc<AtomicBool>,
+    pub registry: Arc<Registry>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -58,7 +59,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut HttpOptions)) -> Server {
     portcullis::demo::register(&registry).unwrap();
     let cancelled = Arc::new(AtomicBool::new(false));
     register_test_tools(&registry, cancelled.clone());
-    let engine = portcullis::engine(registry, &config, "portcullis-test");
+    let engine = portcullis::engine(registry.clone(), &config, "portcullis-test");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let store = Arc::new(MemoryStore::new(http.max_sessions));
@@ -78,6 +79,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut HttpOptions)) -> Server {
         base,
         store,
         cancelled,
+        registry,
         stop: Some(tx),
         task: Some(task),
     }

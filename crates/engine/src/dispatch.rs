@@ -570,3 +570,125 @@ fn decode_cursor(cursor: &str) -> Option<usize> {
         .parse()
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NullOutlet, Tool, ToolOutput};
+    use portcullis_protocol::{Body, Message, parse_body};
+
+    fn engine(page_size: usize) -> (Engine, Arc<Session>) {
+        let registry = Arc::new(Registry::new());
+        for i in 0..5 {
+            registry.add_tool(
+                Tool::new(format!("t{i}"), "d")
+                    .handler(|_| async { Ok(ToolOutput::text("x")) })
+                    .unwrap(),
+            );
+        }
+        let e = Engine::new(
+            registry,
+            ServerInfo {
+                name: "t".into(),
+                version: "0".into(),
+                title: None,
+                instructions: None,
+            },
+            EngineOptions {
+                page_size,
+                client_request_timeout: Duration::from_secs(1),
+            },
+        );
+        let s = Arc::new(Session::new(crate::new_session_id(), Arc::new(NullOutlet)));
+        (e, s)
+    }
+
+    fn ask(e: &Engine, s: &Arc<Session>, body: &str) -> Value {
+        let Ok(Body::Single(Message::Request(r))) = parse_body(body.as_bytes(), 64) else {
+            panic!("bad test body")
+        };
+        match e.request(s, &r, Sink::Session) {
+            Dispatch::Ready(b) => serde_json::from_slice(&b).unwrap(),
+            Dispatch::Pending(_) => panic!("expected a ready answer"),
+        }
+    }
+
+    #[test]
+    fn requests_before_initialize_are_refused_except_ping() {
+        let (e, s) = engine(2);
+        assert_eq!(
+            ask(&e, &s, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)["result"],
+            json!({})
+        );
+        let v = ask(&e, &s, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#);
+        assert_eq!(v["error"]["code"], -32600);
+        let init = r#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+        assert_eq!(ask(&e, &s, init)["result"]["protocolVersion"], "2025-06-18");
+        assert_eq!(
+            ask(&e, &s, init)["error"]["code"],
+            -32600,
+            "a second initialize is refused"
+        );
+    }
+
+    #[test]
+    fn pagination_walks_every_item_with_opaque_cursors() {
+        let (e, s) = engine(2);
+        ask(
+            &e,
+            &s,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#,
+        );
+        let mut names = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let params = cursor
+                .as_ref()
+                .map_or_else(|| json!({}), |c| json!({ "cursor": c }));
+            let body =
+                json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": params })
+                    .to_string();
+            let v = ask(&e, &s, &body);
+            let page = v["result"]["tools"].as_array().unwrap();
+            assert!(page.len() <= 2);
+            names.extend(page.iter().map(|t| t["name"].as_str().unwrap().to_owned()));
+            match v["result"]["nextCursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(names, ["t0", "t1", "t2", "t3", "t4"]);
+        let v = ask(
+            &e,
+            &s,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"b2Zmc2V0Ojk5"}}"#,
+        );
+        assert_eq!(
+            v["error"]["code"], -32602,
+            "a cursor past the end is invalid"
+        );
+    }
+
+    #[test]
+    fn completion_and_log_levels() {
+        let (e, s) = engine(10);
+        ask(
+            &e,
+            &s,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#,
+        );
+        let v = ask(
+            &e,
+            &s,
+            r#"{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"error"}}"#,
+        );
+        assert_eq!(v["result"], json!({}));
+        assert_eq!(s.log_level(), LogLevel::Error);
+        let v = ask(
+            &e,
+            &s,
+            r#"{"jsonrpc":"2.0","id":3,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"nope"},"argument":{"name":"a","value":""}}}"#,
+        );
+        assert_eq!(v["error"]["code"], -32602);
+    }
+}
