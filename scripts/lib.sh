@@ -1,6 +1,7 @@
 # scripts/lib.sh - shared helpers for Portcullis's external test harness (sourced, not run).
-# Owns: pinned versions of third-party MCP test tools, their one-time cached install
-# (under a lock, with stamp files), the Node 22 path and prerequisite checks.
+# Owns: pinned versions of third-party MCP test tools and of the test OAuth/OIDC server
+# (oidc-provider), their one-time cached install (under a lock, with stamp files), the Node 22
+# path and prerequisite checks.
 # shellcheck shell=bash disable=SC2034  # sourced; variables are used by the callers
 set -euo pipefail
 PC_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,6 +16,7 @@ SDK_SPEC=@modelcontextprotocol/sdk@1.32.2
 INSPECTOR_SPEC=@modelcontextprotocol/inspector@2.12.0
 PY_MCP1=mcp==1.30.0
 PY_MCP2=mcp==2.3.0
+OIDC_SPEC=oidc-provider@9.13.3
 
 # pc_require_tools CMD... : fail with an install hint for every missing command.
 pc_require_tools() {
@@ -33,7 +35,13 @@ pc_require_tools() {
   return $missing
 }
 
-# pc_prereqs : the tools every harness script needs.
+# pc_npm_prereqs : the tools every npm-installed harness piece needs.
+pc_npm_prereqs() {
+  pc_require_tools node npm flock || return 1
+  mkdir -p "$PC_CACHE"
+}
+
+# pc_prereqs : the tools every harness script needs (npm and Python pieces).
 pc_prereqs() {
   pc_require_tools node npm python3 flock || return 1
   if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
@@ -73,7 +81,7 @@ _pc_venv_install() { # DIR SPEC...
 # pc_npm NAME SPEC... : exact npm packages in $PC_CACHE/NAME; prints that directory.
 pc_npm() {
   local name=$1; shift
-  pc_prereqs || return 1
+  pc_npm_prereqs || return 1
   pc_once "$name" "$*" _pc_npm_install "$PC_CACHE/$name" "$@" || {
     echo "portcullis-test: npm install of $* failed" >&2; return 1; }
   echo "$PC_CACHE/$name"
@@ -99,6 +107,7 @@ pc_node22() {
 pc_conformance_dir()       { pc_npm conformance "$CONF_SPEC"; }
 pc_conformance_alpha_dir() { pc_npm conformance-alpha "$CONF_ALPHA_SPEC"; }
 pc_clients_dir()           { pc_npm clients "$SDK_SPEC" "$INSPECTOR_SPEC"; }
+pc_idp_dir()               { pc_npm idp "$OIDC_SPEC"; }
 pc_py_mcp1()               { pc_venv py-mcp1 "$PY_MCP1"; }
 pc_py_mcp2()               { pc_venv py-mcp2 "$PY_MCP2"; }
 
