@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use portcullis_transport::{HttpOptions, OriginPolicy};
+use portcullis_transport::{HttpAuth, HttpOptions, OriginPolicy};
 use serde::{Deserialize, Deserializer};
 
 /// The whole file.
@@ -25,6 +25,111 @@ pub struct RawConfig {
     /// The built-in demo tools.
     #[serde(default)]
     pub demo: DemoSection,
+    /// Authentication (OAuth 2.1 resource server).
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// `off` (local use only) or `jwt`.
+    pub mode: AuthMode,
+    /// The canonical URL of the MCP endpoint: PRM `resource` and the audience tokens must name
+    /// (default `http://<listen><path>`).
+    pub resource: Option<String>,
+    /// Authorization servers advertised in PRM (default: the issuers).
+    pub authorization_servers: Option<Vec<String>>,
+    /// Scopes advertised in PRM and requested in 401 challenges.
+    pub scopes_supported: Vec<String>,
+    /// How long a verified token is trusted without re-verification (never past its `exp`).
+    #[serde(deserialize_with = "duration")]
+    pub cache_ttl: Duration,
+    /// Most verified tokens cached.
+    pub cache_entries: usize,
+    /// Trusted token issuers (`[[auth.issuers]]`).
+    pub issuers: Vec<IssuerSection>,
+}
+
+/// Authentication mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication: every caller is anonymous. Only for loopback.
+    Off,
+    /// Bearer JWTs from the configured issuers.
+    Jwt,
+}
+
+/// `[[auth.issuers]]`: one trusted issuer. Exactly one key source: `jwks_url`,
+/// `public_key_files`, `secret_env` or `secret_file` (secrets never inline).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSection {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values (default: the resource URL). Add e.g. a trailing-slash variant here.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Allowed `alg` values, e.g. `["RS256"]`; `none` is never accepted.
+    pub algorithms: Vec<String>,
+    /// JWKS URL.
+    pub jwks_url: Option<String>,
+    /// PEM public key files (RSA, EC or Ed25519).
+    #[serde(default)]
+    pub public_key_files: Vec<std::path::PathBuf>,
+    /// Environment variable holding the HMAC secret (HS*).
+    pub secret_env: Option<String>,
+    /// File holding the HMAC secret (HS*); a trailing newline is ignored.
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Clock skew allowed on `exp`/`nbf` (default `30s`).
+    #[serde(default = "default_leeway", deserialize_with = "duration")]
+    pub leeway: Duration,
+    /// JWKS cache cap (default `10m`; shorter when the server's Cache-Control says so).
+    #[serde(default = "default_jwks_max_age", deserialize_with = "duration")]
+    pub jwks_max_age: Duration,
+    /// At most one JWKS fetch per this interval, unknown `kid`s included (default `30s`).
+    #[serde(default = "default_jwks_min_refetch", deserialize_with = "duration")]
+    pub jwks_min_refetch: Duration,
+    /// Claim holding the tenant (e.g. `tid`).
+    pub tenant_claim: Option<String>,
+    /// Claims holding roles (default `["roles"]`; Keycloak: `realm_access.roles`).
+    #[serde(default = "default_role_claims")]
+    pub role_claims: Vec<String>,
+    /// Claims holding scopes (default `["scope", "scp"]`).
+    #[serde(default = "default_scope_claims")]
+    pub scope_claims: Vec<String>,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_max_age() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_jwks_min_refetch() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_role_claims() -> Vec<String> {
+    vec!["roles".into()]
+}
+fn default_scope_claims() -> Vec<String> {
+    vec!["scope".into(), "scp".into()]
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Off,
+            resource: None,
+            authorization_servers: None,
+            scopes_supported: vec!["mcp:tools".into()],
+            cache_ttl: Duration::from_secs(300),
+            cache_entries: 10_000,
+            issuers: Vec::new(),
+        }
+    }
 }
 
 /// `[server]`
@@ -276,6 +381,7 @@ impl Config {
                 }
             }),
         };
+        let auth = resolve_auth(raw.auth, &format!("http://{}{}", s.listen, s.path))?;
         Ok(Self {
             listen: s.listen,
             http: HttpOptions {
@@ -290,6 +396,7 @@ impl Config {
                 keepalive: raw.sessions.sse_keepalive,
                 sse_retry: raw.sessions.sse_retry,
                 sse_buffer_events: raw.sessions.sse_buffer_events,
+                auth,
             },
             shutdown_grace: s.shutdown_grace,
             page_size: raw.sessions.page_size,
@@ -318,6 +425,147 @@ impl Config {
         self.listen = listen;
         self
     }
+}
+
+/// Builds the resource-server settings: keys loaded, secrets read from the environment or files.
+fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAuth>, ConfigError> {
+    use portcullis_auth::{Authenticator, ClaimMapping, Issuer, IssuerKeys, Jwks, JwksOptions};
+    if a.mode == AuthMode::Off {
+        if !a.issuers.is_empty() {
+            return Err(ConfigError::Invalid(
+                "auth.issuers is set but auth.mode is \"off\"; set mode = \"jwt\"".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if a.issuers.is_empty() {
+        return Err(ConfigError::Invalid(
+            "auth.mode = \"jwt\" needs at least one [[auth.issuers]]".into(),
+        ));
+    }
+    let resource = a.resource.unwrap_or_else(|| default_resource.to_owned());
+    if !(resource.starts_with("http://") || resource.starts_with("https://"))
+        || resource.contains('#')
+    {
+        return Err(ConfigError::Invalid(format!(
+            "auth.resource must be an absolute http(s) URL without a fragment, got {resource:?}"
+        )));
+    }
+    let client = reqwest::Client::builder()
+        .build()
+        .map_err(|e| ConfigError::Invalid(format!("cannot build the HTTP client for JWKS: {e}")))?;
+    let mut issuers = Vec::new();
+    for (i, is) in a.issuers.iter().enumerate() {
+        let at = format!("auth.issuers[{i}] ({})", is.issuer);
+        let mut algorithms = Vec::new();
+        for name in &is.algorithms {
+            if name.eq_ignore_ascii_case("none") {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}: algorithm \"none\" is never accepted"
+                )));
+            }
+            algorithms.push(name.parse::<jsonwebtoken::Algorithm>().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "{at}: unknown algorithm {name:?}; use HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
+                ))
+            })?);
+        }
+        let sources = usize::from(is.jwks_url.is_some())
+            + usize::from(!is.public_key_files.is_empty())
+            + usize::from(is.secret_env.is_some())
+            + usize::from(is.secret_file.is_some());
+        if sources != 1 {
+            return Err(ConfigError::Invalid(format!(
+                "{at}: set exactly one of jwks_url, public_key_files, secret_env, secret_file"
+            )));
+        }
+        let keys = if let Some(url) = &is.jwks_url {
+            let opts = JwksOptions {
+                max_age: is.jwks_max_age,
+                min_refetch: is.jwks_min_refetch,
+                timeout: Duration::from_secs(5),
+            };
+            IssuerKeys::Jwks(std::sync::Arc::new(Jwks::new(
+                url.clone(),
+                client.clone(),
+                opts,
+            )))
+        } else if let Some(var) = &is.secret_env {
+            let secret = std::env::var(var).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "{at}: environment variable {var} (secret_env) is not set"
+                ))
+            })?;
+            IssuerKeys::Secret(secret_key(secret.as_bytes(), &at)?)
+        } else if let Some(file) = &is.secret_file {
+            let secret = std::fs::read(file).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "{at}: cannot read secret_file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            let trimmed = secret.strip_suffix(b"\n").unwrap_or(&secret);
+            IssuerKeys::Secret(secret_key(trimmed, &at)?)
+        } else {
+            let mut keys = Vec::new();
+            for f in &is.public_key_files {
+                let pem = std::fs::read(f).map_err(|e| {
+                    ConfigError::Invalid(format!("{at}: cannot read {}: {e}", f.display()))
+                })?;
+                let key = jsonwebtoken::DecodingKey::from_rsa_pem(&pem)
+                    .or_else(|_| jsonwebtoken::DecodingKey::from_ec_pem(&pem))
+                    .or_else(|_| jsonwebtoken::DecodingKey::from_ed_pem(&pem))
+                    .map_err(|_| {
+                        ConfigError::Invalid(format!(
+                            "{at}: {} is not an RSA, EC or Ed25519 public key in PEM",
+                            f.display()
+                        ))
+                    })?;
+                keys.push(key);
+            }
+            IssuerKeys::Pem(keys)
+        };
+        let audiences = if is.audiences.is_empty() {
+            vec![resource.clone()]
+        } else {
+            is.audiences.clone()
+        };
+        let claims = ClaimMapping {
+            tenant: is.tenant_claim.clone(),
+            roles: is.role_claims.clone(),
+            scopes: is.scope_claims.clone(),
+        };
+        issuers.push(
+            Issuer::new(
+                is.issuer.clone(),
+                audiences,
+                algorithms,
+                is.leeway,
+                keys,
+                claims,
+            )
+            .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?,
+        );
+    }
+    let authorization_servers = a
+        .authorization_servers
+        .unwrap_or_else(|| a.issuers.iter().map(|i| i.issuer.clone()).collect());
+    Ok(Some(HttpAuth {
+        verifier: std::sync::Arc::new(Authenticator::new(issuers, a.cache_ttl, a.cache_entries)),
+        resource,
+        authorization_servers,
+        scopes_supported: a.scopes_supported,
+    }))
+}
+
+fn secret_key(secret: &[u8], at: &str) -> Result<jsonwebtoken::DecodingKey, ConfigError> {
+    // RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+    if secret.len() < 32 {
+        return Err(ConfigError::Invalid(format!(
+            "{at}: the HMAC secret must be at least 32 bytes"
+        )));
+    }
+    Ok(jsonwebtoken::DecodingKey::from_secret(secret))
 }
 
 /// Parses `250ms`, `15s`, `30m`, `2h`.
@@ -407,6 +655,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.http.origins.hosts, ["mcp.example.com"]);
+    }
+
+    #[test]
+    fn auth_config_is_checked() {
+        assert!(err("[auth]\nmode = \"jwt\"\n").contains("at least one"));
+        let base = "[auth]\nmode = \"jwt\"\n[[auth.issuers]]\nissuer = \"https://idp\"\n";
+        assert!(
+            err(&format!(
+                "{base}algorithms = [\"none\"]\njwks_url = \"https://idp/jwks\"\n"
+            ))
+            .contains("never accepted")
+        );
+        assert!(err(&format!("{base}algorithms = [\"RS256\"]\n")).contains("exactly one"));
+        assert!(
+            err(&format!(
+                "{base}algorithms = [\"HS256\"]\njwks_url = \"https://idp/jwks\"\n"
+            ))
+            .contains("shared secret")
+        );
+        assert!(
+            err(&format!(
+                "{base}algorithms = [\"RS256\"]\nsecret_env = \"PORTCULLIS_TEST_UNSET_VAR\"\n"
+            ))
+            .contains("is not set")
+        );
+        assert!(err(&format!("{base}algorithms = [\"RS256\"]\njwks_url = \"https://idp/jwks\"\nsecret = \"inline\"\n")).contains("secret"));
+        let ok = format!("{base}algorithms = [\"RS256\"]\njwks_url = \"https://idp/jwks\"\n");
+        let c = Config::resolve(RawConfig::parse(&ok, "x").unwrap()).unwrap();
+        let auth = c.http.auth.unwrap();
+        assert_eq!(auth.resource, "http://127.0.0.1:8080/mcp");
+        assert_eq!(
+            auth.metadata_url(),
+            "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(auth.authorization_servers, ["https://idp"]);
     }
 
     #[test]

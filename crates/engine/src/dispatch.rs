@@ -52,7 +52,7 @@ pub enum Dispatch {
     Ready(Vec<u8>),
     /// A handler runs; resolves to the response, or `None` if the request was cancelled
     /// (2025-11-25 basic/utilities/cancellation: no response is sent).
-    Pending(BoxFuture<Option<Vec<u8>>>),
+    Pending(BoxFuture<'static, Option<Vec<u8>>>),
 }
 
 /// Dispatches messages against a registry.

@@ -24,7 +24,7 @@ use crate::session::Session;
 use crate::template::UriTemplate;
 
 /// A boxed, sendable future: what every handler returns.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A tool failure the model should see: becomes a result with `isError: true`.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,9 +80,11 @@ pub struct PromptCall {
     pub ctx: RequestContext,
 }
 
-type ToolFn = dyn Fn(ToolCall) -> BoxFuture<Result<ToolOutput, ToolError>> + Send + Sync;
-type ReadFn = dyn Fn(ReadCall) -> BoxFuture<Result<Vec<ResourceContents>, RpcError>> + Send + Sync;
-type PromptFn = dyn Fn(PromptCall) -> BoxFuture<Result<PromptOutput, RpcError>> + Send + Sync;
+type ToolFn = dyn Fn(ToolCall) -> BoxFuture<'static, Result<ToolOutput, ToolError>> + Send + Sync;
+type ReadFn =
+    dyn Fn(ReadCall) -> BoxFuture<'static, Result<Vec<ResourceContents>, RpcError>> + Send + Sync;
+type PromptFn =
+    dyn Fn(PromptCall) -> BoxFuture<'static, Result<PromptOutput, RpcError>> + Send + Sync;
 /// Completion candidates for an argument, given the partial value.
 pub(crate) type CompleteFn = dyn Fn(&str) -> Vec<String> + Send + Sync;
 

@@ -17,6 +17,8 @@ use portcullis_protocol::{ProtocolVersion, RequestId, RpcError};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::principal::Principal;
+
 /// Where a session's unsolicited messages go (list-changed, resource updates, logs outside a
 /// request). Implemented by each transport: an SSE event buffer, a stdout writer.
 pub trait Outlet: Send + Sync + 'static {
@@ -78,6 +80,8 @@ pub struct Session {
     last_seen_ms: AtomicU64,
     next_request_id: AtomicU64,
     outlet: Arc<dyn Outlet>,
+    /// Who created the session; every later request must come from the same identity.
+    owner: OnceLock<Principal>,
     /// Resource URIs the client subscribed to. Held only inside `subscribe`/`unsubscribe`/
     /// `is_subscribed`.
     subscriptions: Mutex<HashSet<String>>,
@@ -119,6 +123,7 @@ impl Session {
             last_seen_ms: AtomicU64::new(now_ms()),
             next_request_id: AtomicU64::new(0),
             outlet,
+            owner: OnceLock::new(),
             subscriptions: Mutex::default(),
             inflight: Mutex::default(),
             pending: Mutex::default(),
@@ -133,6 +138,19 @@ impl Session {
     /// The shared id.
     pub fn id_arc(&self) -> Arc<str> {
         self.id.clone()
+    }
+
+    /// Binds the session to the principal that created it. Only the first call counts.
+    pub fn bind_owner(&self, principal: Principal) {
+        let _ = self.owner.set(principal);
+    }
+
+    /// True when `principal` may use this session: the same (tenant, subject, client) that
+    /// created it. An unbound session (transports without authentication) admits anyone.
+    pub fn admits(&self, principal: &Principal) -> bool {
+        self.owner
+            .get()
+            .is_none_or(|owner| owner.same_owner(principal))
     }
 
     /// What `initialize` settled, once it has run.

@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{OriginalUri, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use portcullis_engine::{BoxFuture, Dispatch, Engine, Outbound, Sink};
+use portcullis_engine::{
+    AuthFailure, BoxFuture, Dispatch, Engine, Outbound, Principal, Sink, TokenVerifier,
+};
 use portcullis_protocol::{
     Body as RpcBody, Message, ProtocolVersion, Request, parse_body, write_error,
 };
@@ -59,6 +61,61 @@ pub struct HttpOptions {
     pub sse_retry: Duration,
     /// Events buffered per SSE stream for resumption.
     pub sse_buffer_events: usize,
+    /// OAuth 2.1 resource server settings; `None` serves everyone as the anonymous principal
+    /// (local use only).
+    pub auth: Option<HttpAuth>,
+}
+
+/// The resource-server side of 2025-11-25 basic/authorization.
+#[derive(Clone)]
+pub struct HttpAuth {
+    /// Verifies bearer tokens.
+    pub verifier: Arc<dyn TokenVerifier>,
+    /// The canonical URL of the MCP endpoint: PRM `resource`, and the audience tokens must name.
+    pub resource: String,
+    /// Authorization servers clients should get tokens from (PRM `authorization_servers`).
+    pub authorization_servers: Vec<String>,
+    /// Scopes to advertise and to request in challenges.
+    pub scopes_supported: Vec<String>,
+}
+
+impl std::fmt::Debug for HttpAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpAuth")
+            .field("resource", &self.resource)
+            .field("authorization_servers", &self.authorization_servers)
+            .field("scopes_supported", &self.scopes_supported)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpAuth {
+    /// The RFC 9728 metadata URL for the resource: the well-known prefix inserted before its path.
+    pub fn metadata_url(&self) -> String {
+        let Some((scheme, rest)) = self.resource.split_once("://") else {
+            return self.resource.clone();
+        };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let sep = if path.is_empty() { "" } else { "/" };
+        format!("{scheme}://{host}/.well-known/oauth-protected-resource{sep}{path}")
+    }
+
+    fn challenge(&self, error: Option<(&str, &str)>) -> String {
+        let mut c = format!("Bearer resource_metadata=\"{}\"", self.metadata_url());
+        if !self.scopes_supported.is_empty() {
+            c.push_str(&format!(", scope=\"{}\"", self.scopes_supported.join(" ")));
+        }
+        if let Some((code, description)) = error {
+            let description: String = description
+                .chars()
+                .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+                .collect();
+            c.push_str(&format!(
+                ", error=\"{code}\", error_description=\"{description}\""
+            ));
+        }
+        c
+    }
 }
 
 impl Default for HttpOptions {
@@ -75,6 +132,7 @@ impl Default for HttpOptions {
             keepalive: Duration::from_secs(15),
             sse_retry: Duration::from_secs(1),
             sse_buffer_events: 256,
+            auth: None,
         }
     }
 }
@@ -111,7 +169,21 @@ pub fn router(
         opts: opts.clone(),
         shutdown,
     });
-    Router::new()
+    let mut router = Router::new();
+    if opts.auth.is_some() {
+        // RFC 9728 metadata at the path-inserted and the root well-known URIs
+        // (2025-11-25 basic/authorization §Protected Resource Metadata Discovery Requirements).
+        router = router
+            .route(
+                &format!("/.well-known/oauth-protected-resource{}", opts.path),
+                get(resource_metadata),
+            )
+            .route(
+                "/.well-known/oauth-protected-resource",
+                get(resource_metadata),
+            );
+    }
+    router
         .route(&opts.path, post(post_mcp).get(get_mcp).delete(delete_mcp))
         .route(&opts.sse_path, get(crate::legacy::get_sse))
         .route(&opts.message_path, post(crate::legacy::post_message))
@@ -191,10 +263,15 @@ async fn reap(
 
 // === POST ===
 
-async fn post_mcp(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+async fn post_mcp(
+    State(app): State<Arc<App>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let mut trace = Trace::default();
-    let resp = match app.post(&headers, body, &mut trace).await {
+    let resp = match app.post(&uri, &headers, body, &mut trace).await {
         Ok(r) => r,
         Err(rej) => rej.into_response(),
     };
@@ -205,6 +282,7 @@ async fn post_mcp(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
 impl App {
     async fn post(
         self: &Arc<Self>,
+        uri: &http::Uri,
         headers: &HeaderMap,
         body: Body,
         trace: &mut Trace,
@@ -213,6 +291,8 @@ impl App {
             .origins
             .check(headers)
             .map_err(Rejection::Forbidden)?;
+        // Every request authenticates; a session id is never a credential.
+        let principal = self.authenticate(uri, headers).await?;
         if !wire::is_json_content(headers) {
             return Err(Rejection::UnsupportedMediaType);
         }
@@ -241,9 +321,9 @@ impl App {
             && req.method == "initialize"
         {
             trace.method = Some("initialize".into());
-            return self.initialize(req, accept, trace);
+            return self.initialize(req, accept, principal, trace);
         }
-        let hs = self.session(headers)?;
+        let hs = self.session(headers, &principal)?;
         trace.session = Some(hs.session().id_arc());
         hs.session().touch();
         match parsed {
@@ -282,12 +362,14 @@ impl App {
         &self,
         req: &Request<'_>,
         accept: Accept,
+        principal: Principal,
         trace: &mut Trace,
     ) -> Result<Response, Rejection> {
         if self.store.len() >= self.opts.max_sessions {
             return Err(Rejection::TooManySessions);
         }
         let hs = Arc::new(HttpSession::new(self.opts.sse_buffer_events));
+        hs.session().bind_owner(principal);
         let Dispatch::Ready(answer) = self.engine.request(hs.session(), req, Sink::Session) else {
             // `initialize` is always answered synchronously.
             return Ok(wire::json(StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()));
@@ -302,12 +384,73 @@ impl App {
         Ok(wire::with_session(wire::single(answer, accept), hs.id()))
     }
 
-    fn session(&self, headers: &HeaderMap) -> Result<Arc<HttpSession>, Rejection> {
+    /// The session named by `Mcp-Session-Id`, if it exists and belongs to `principal`. Another
+    /// principal's session answers exactly like an unknown one (404), revealing nothing.
+    fn session(
+        &self,
+        headers: &HeaderMap,
+        principal: &Principal,
+    ) -> Result<Arc<HttpSession>, Rejection> {
         let id = headers
             .get(SESSION_HEADER)
             .ok_or(Rejection::MissingSession)?;
         let id = id.to_str().map_err(|_| Rejection::UnknownSession)?;
-        self.store.get(id).ok_or(Rejection::UnknownSession)
+        let hs = self.store.get(id).ok_or(Rejection::UnknownSession)?;
+        if !hs.session().admits(principal) {
+            tracing::warn!(session = short(hs.id()), subject = %principal.subject, "session used by another principal");
+            return Err(Rejection::UnknownSession);
+        }
+        Ok(hs)
+    }
+
+    /// Authenticates the request: `Authorization: Bearer` only (2025-11-25 basic/authorization
+    /// §Token Requirements); a token in the query string is refused outright.
+    pub(crate) async fn authenticate(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Result<Principal, Rejection> {
+        let Some(auth) = &self.opts.auth else {
+            return Ok(Principal::anonymous());
+        };
+        let unauthorized = |error: Option<(&str, &str)>, message: String| Rejection::Unauthorized {
+            challenge: auth.challenge(error),
+            message,
+        };
+        if uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("access_token=")))
+        {
+            let m = "access tokens are accepted only in the Authorization header, never in the URL";
+            return Err(unauthorized(Some(("invalid_request", m)), m.into()));
+        }
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return Err(unauthorized(
+                None,
+                "authentication required: send Authorization: Bearer <token>".into(),
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            let m = "the Authorization header must be Bearer <token>";
+            return Err(unauthorized(Some(("invalid_request", m)), m.into()));
+        };
+        match auth.verifier.verify(token).await {
+            Ok(p) => Ok(p),
+            Err(AuthFailure::Invalid(m)) => {
+                Err(unauthorized(Some(("invalid_token", &m)), m.clone()))
+            }
+            Err(AuthFailure::Unavailable(m)) => {
+                tracing::warn!(reason = %m, "authentication unavailable");
+                Err(Rejection::AuthUnavailable)
+            }
+        }
     }
 
     /// Runs one request. Fast handlers answer with JSON; a handler that sends anything first
@@ -519,13 +662,17 @@ fn tool_name(req: &Request<'_>) -> Option<String> {
 
 // === GET and DELETE ===
 
-async fn get_mcp(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+async fn get_mcp(
+    State(app): State<Arc<App>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Response {
     let started = Instant::now();
     let mut trace = Trace {
         method: Some("stream".into()),
         ..Trace::default()
     };
-    let resp = match app.get(&headers, &mut trace) {
+    let resp = match app.get(&uri, &headers, &mut trace).await {
         Ok(r) => r,
         Err(rej) => rej.into_response(),
     };
@@ -534,8 +681,9 @@ async fn get_mcp(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 }
 
 impl App {
-    fn get(
+    async fn get(
         self: &Arc<Self>,
+        uri: &http::Uri,
         headers: &HeaderMap,
         trace: &mut Trace,
     ) -> Result<Response, Rejection> {
@@ -543,13 +691,14 @@ impl App {
             .origins
             .check(headers)
             .map_err(Rejection::Forbidden)?;
+        let principal = self.authenticate(uri, headers).await?;
         let accept = Accept::from_headers(headers);
         if headers.get(SESSION_HEADER).is_none() {
             // A client that fell back to the 2024-11-05 transport GETs the endpoint it was given
             // (2025-11-25 basic/transports §Backwards Compatibility): serve the legacy stream here.
             if accept.sse {
                 trace.method = Some("legacy-stream".into());
-                return crate::legacy::open(self, trace);
+                return crate::legacy::open(self, principal);
             }
             return Err(Rejection::MethodNotAllowed("POST, GET, DELETE"));
         }
@@ -565,7 +714,7 @@ impl App {
                 });
             }
         }
-        let hs = self.session(headers)?;
+        let hs = self.session(headers, &principal)?;
         trace.session = Some(hs.session().id_arc());
         hs.session().touch();
         let resume = headers
@@ -601,13 +750,17 @@ impl App {
     }
 }
 
-async fn delete_mcp(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+async fn delete_mcp(
+    State(app): State<Arc<App>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Response {
     let started = Instant::now();
     let mut trace = Trace {
         method: Some("terminate".into()),
         ..Trace::default()
     };
-    let resp = match app.delete(&headers, &mut trace) {
+    let resp = match app.delete(&uri, &headers, &mut trace).await {
         Ok(r) => r,
         Err(rej) => rej.into_response(),
     };
@@ -616,21 +769,44 @@ async fn delete_mcp(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
 }
 
 impl App {
-    fn delete(&self, headers: &HeaderMap, trace: &mut Trace) -> Result<Response, Rejection> {
+    async fn delete(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        trace: &mut Trace,
+    ) -> Result<Response, Rejection> {
         self.opts
             .origins
             .check(headers)
             .map_err(Rejection::Forbidden)?;
-        let id = headers
-            .get(SESSION_HEADER)
-            .ok_or(Rejection::MissingSession)?;
-        let id = id.to_str().map_err(|_| Rejection::UnknownSession)?;
-        let hs = self.store.remove(id).ok_or(Rejection::UnknownSession)?;
+        let principal = self.authenticate(uri, headers).await?;
+        let hs = self.session(headers, &principal)?;
+        self.store
+            .remove(hs.id())
+            .ok_or(Rejection::UnknownSession)?;
         trace.session = Some(hs.session().id_arc());
         self.engine.close_session(hs.session());
         hs.finish_streams();
         Ok(StatusCode::OK.into_response())
     }
+}
+
+/// RFC 9728 Protected Resource Metadata.
+async fn resource_metadata(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.opts.origins.check(&headers) {
+        return Rejection::Forbidden(r).into_response();
+    }
+    let Some(auth) = &app.opts.auth else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let doc = serde_json::json!({
+        "resource": auth.resource,
+        "authorization_servers": auth.authorization_servers,
+        "scopes_supported": auth.scopes_supported,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Portcullis",
+    });
+    wire::json(StatusCode::OK, Bytes::from(doc.to_string()))
 }
 
 /// Query of the legacy POST endpoint.
@@ -646,15 +822,15 @@ pub(crate) type LegacyQuery = Query<SessionQuery>;
 /// a cancellation (2025-11-25 basic/transports §Sending Messages to the Server). Dropped while
 /// pending, it moves itself to a task; its result is then discarded.
 pub(crate) struct Detached {
-    inner: Option<BoxFuture<Option<Vec<u8>>>>,
+    inner: Option<BoxFuture<'static, Option<Vec<u8>>>>,
 }
 
 impl Detached {
-    pub(crate) fn new(fut: BoxFuture<Option<Vec<u8>>>) -> Self {
+    pub(crate) fn new(fut: BoxFuture<'static, Option<Vec<u8>>>) -> Self {
         Self { inner: Some(fut) }
     }
 
-    fn into_inner(mut self) -> BoxFuture<Option<Vec<u8>>> {
+    fn into_inner(mut self) -> BoxFuture<'static, Option<Vec<u8>>> {
         self.inner
             .take()
             .unwrap_or_else(|| Box::pin(async { None }))

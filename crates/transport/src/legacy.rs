@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use portcullis_engine::{Dispatch, Engine, Outlet, Session, Sink, new_session_id};
+use portcullis_engine::{Dispatch, Engine, Outlet, Principal, Session, Sink, new_session_id};
 use portcullis_protocol::{Body as RpcBody, Message, ProtocolVersion, parse_body, write_error};
 use tokio::sync::{mpsc, watch};
 
@@ -52,19 +52,26 @@ impl LegacySessions {
     }
 }
 
-pub(crate) async fn get_sse(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+pub(crate) async fn get_sse(
+    State(app): State<Arc<App>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = app.opts.origins.check(&headers) {
         return Rejection::Forbidden(r).into_response();
     }
-    let mut trace = ();
-    match open(&app, &mut trace) {
+    let principal = match app.authenticate(&uri, &headers).await {
+        Ok(p) => p,
+        Err(rej) => return rej.into_response(),
+    };
+    match open(&app, principal) {
         Ok(r) => r,
         Err(rej) => rej.into_response(),
     }
 }
 
 /// Opens a legacy session and returns its stream.
-pub(crate) fn open<T>(app: &Arc<App>, _trace: &mut T) -> Result<Response, Rejection> {
+pub(crate) fn open(app: &Arc<App>, principal: Principal) -> Result<Response, Rejection> {
     if app.legacy.lock().len() >= app.opts.max_sessions {
         return Err(Rejection::TooManySessions);
     }
@@ -73,6 +80,7 @@ pub(crate) fn open<T>(app: &Arc<App>, _trace: &mut T) -> Result<Response, Reject
         new_session_id(),
         Arc::new(ChannelOutlet(tx.clone())),
     ));
+    session.bind_owner(principal);
     let id = session.id_arc();
     app.legacy.lock().insert(
         id.clone(),
@@ -156,12 +164,13 @@ impl Drop for Guard {
 
 pub(crate) async fn post_message(
     State(app): State<Arc<App>>,
+    OriginalUri(uri): OriginalUri,
     query: LegacyQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let resp = match post(&app, query, &headers, body).await {
+    let resp = match post(&app, &uri, query, &headers, body).await {
         Ok(r) => r,
         Err(rej) => rej.into_response(),
     };
@@ -177,6 +186,7 @@ pub(crate) async fn post_message(
 
 async fn post(
     app: &Arc<App>,
+    uri: &http::Uri,
     query: LegacyQuery,
     headers: &HeaderMap,
     body: Body,
@@ -185,6 +195,7 @@ async fn post(
         .origins
         .check(headers)
         .map_err(Rejection::Forbidden)?;
+    let principal = app.authenticate(uri, headers).await?;
     let id = query.0.session_id.ok_or(Rejection::MissingSession)?;
     let ls = app
         .legacy
@@ -192,6 +203,9 @@ async fn post(
         .get(id.as_str())
         .cloned()
         .ok_or(Rejection::UnknownSession)?;
+    if !ls.session.admits(&principal) {
+        return Err(Rejection::UnknownSession);
+    }
     if !wire::is_json_content(headers) {
         return Err(Rejection::UnsupportedMediaType);
     }

@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use portcullis_protocol::{ParseError, ProtocolVersion, RequestId, RpcError, code, write_error};
 
@@ -48,6 +48,10 @@ pub(crate) enum Rejection {
     TooManySessions,
     /// The method is not served on this path: 405.
     MethodNotAllowed(&'static str),
+    /// No or bad credentials: 401 with a `WWW-Authenticate` challenge.
+    Unauthorized { challenge: String, message: String },
+    /// The token could not be checked (identity provider down): 503, fail closed.
+    AuthUnavailable,
 }
 
 // === impl Rejection ===
@@ -62,6 +66,8 @@ impl Rejection {
             Self::UnknownSession => StatusCode::NOT_FOUND,
             Self::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyUnreadable
             | Self::Parse(_)
             | Self::MissingSession
@@ -135,6 +141,13 @@ impl Rejection {
                 None,
                 invalid(format!("method not allowed here; allowed: {allow}")),
             ),
+            Self::Unauthorized { message, .. } => {
+                (None, invalid(format!("unauthorized: {message}")))
+            }
+            Self::AuthUnavailable => (
+                None,
+                RpcError::internal("authentication is temporarily unavailable; try again later"),
+            ),
         }
     }
 }
@@ -151,6 +164,15 @@ impl IntoResponse for Rejection {
             Self::MethodNotAllowed(allow) => {
                 resp.headers_mut()
                     .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::Unauthorized { challenge, .. } => {
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    resp.headers_mut().insert(WWW_AUTHENTICATE, v);
+                }
+            }
+            Self::AuthUnavailable => {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
         }

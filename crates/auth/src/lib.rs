@@ -1,0 +1,91 @@
+//! Authentication: bearer credentials in, a [`Principal`] out.
+//!
+//! - [`jwt`]: JWT access tokens signed with a shared secret (HS*) or public keys (RS*, PS*, ES*,
+//!   EdDSA) from PEM files or a JWKS URL, with per-issuer algorithm allowlists and `iss`/`aud`/
+//!   `exp`/`nbf` checks.
+//! - [`jwks`]: the JWKS cache — HTTP cache headers bounded by a max age; an unknown `kid`
+//!   triggers at most one refetch per interval, single-flight.
+//! - [`cache`]: verified tokens by SHA-256 of the token, until their expiry.
+//!
+//! [`Authenticator`] ties them together and implements the engine's `TokenVerifier`. Nothing in
+//! this crate logs, returns or formats a token; errors say what was wrong, not what was sent.
+
+pub mod cache;
+pub mod jwks;
+pub mod jwt;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_engine::{AuthFailure, BoxFuture, Principal, TokenVerifier};
+
+pub use cache::TokenCache;
+pub use jwks::{Jwks, JwksOptions};
+pub use jwt::{ClaimMapping, Issuer, IssuerKeys, JwtError};
+
+/// Tokens longer than this are refused before any parsing (a real access token is a few KB).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Verifies bearer tokens against the configured issuers, with a verified-token cache.
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    cache: TokenCache,
+}
+
+// === impl Authenticator ===
+
+impl Authenticator {
+    /// An authenticator over `issuers`; `cache_ttl` bounds how long a verified token is trusted
+    /// without re-verification (never past its `exp`), `cache_entries` the cache size.
+    pub fn new(issuers: Vec<Issuer>, cache_ttl: Duration, cache_entries: usize) -> Self {
+        Self {
+            issuers,
+            cache: TokenCache::new(cache_ttl, cache_entries),
+        }
+    }
+
+    /// Verifies one token.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthFailure> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthFailure::Invalid(format!(
+                "token longer than {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
+        if let Some(p) = self.cache.get(token) {
+            return Ok(p);
+        }
+        // Route by the unverified `iss`; the signature check below is what makes it trusted.
+        let iss = jwt::peek_issuer(token)
+            .ok_or_else(|| AuthFailure::Invalid("malformed token".into()))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.issuer() == iss)
+            .ok_or_else(|| AuthFailure::Invalid("token issuer not accepted".into()))?;
+        let principal = issuer.verify(token).await.map_err(|e| match e {
+            JwtError::Unavailable(m) => AuthFailure::Unavailable(m),
+            other => AuthFailure::Invalid(other.to_string()),
+        })?;
+        self.cache.put(token, &principal);
+        Ok(principal)
+    }
+}
+
+impl TokenVerifier for Authenticator {
+    fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, AuthFailure>> {
+        Box::pin(self.authenticate(token))
+    }
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuers", &self.issuers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Convenience for callers holding an `Arc`.
+pub fn shared(a: Authenticator) -> Arc<dyn TokenVerifier> {
+    Arc::new(a)
+}
