@@ -6,6 +6,7 @@
 # Stages: (a) prerequisites  (b) cargo fmt --check  (c) cargo clippy -D warnings  (d) cargo test
 #         (e) release build  (f) conformance: examples/conformance_server + scripts/conformance.sh
 #         (g) interop: portcullis serve (HTTP + SSE) and --stdio + scripts/interop.sh
+#         (h) authentication against oidc-provider (cargo test --features idp-tests --test idp_oidc)
 # Env: CARGO_TARGET_DIR (default target), PORTCULLIS_TEST_CACHE (tool cache, see scripts/lib.sh),
 #      PORTCULLIS_READY_TIMEOUT (seconds to wait for a server to listen, default 30).
 # Exit non-zero if any stage failed or was skipped; the last lines summarise every stage.
@@ -162,6 +163,18 @@ if [ $harness_ok = 1 ]; then
   fi
 else
   record SKIP "(g) interop" "$why_skip"
+fi
+
+# ---------------------------------------------------------------------------------------------
+announce "(h) authentication against a real authorization server (oidc-provider)"
+if [ "$need_rust" = 1 ] && [ "$need_harness" = 1 ]; then
+  if pc_idp_dir >/dev/null && cargo test --release --features idp-tests --test idp_oidc; then
+    record PASS "(h) auth vs oidc-provider"
+  else
+    record FAIL "(h) auth vs oidc-provider" "see above"
+  fi
+else
+  record SKIP "(h) auth vs oidc-provider" "prerequisites missing"
 fi
 
 # ---------------------------------------------------------------------------------------------
