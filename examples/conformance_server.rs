@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use portcullis::Config;
 use portcullis_engine::{
-    Content, LogLevel, Prompt, PromptMessage, PromptOutput, Registry, RegistryError, Resource,
-    ResourceContents, ResourceTemplate, Tool, ToolOutput,
+    Content, LogLevel, Prompt, PromptMessage, PromptOutput, Registry, RegistryError, Resource, ResourceContents,
+    ResourceTemplate, Tool, ToolOutput,
 };
 use serde_json::json;
 
@@ -21,44 +21,29 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--listen" => {
-                listen = args
-                    .next()
-                    .ok_or_else(|| anyhow::anyhow!("--listen needs an address"))?
-            }
-            other => anyhow::bail!(
-                "unknown argument {other:?}; usage: conformance_server [--listen ADDR]"
-            ),
+            "--listen" => listen = args.next().ok_or_else(|| anyhow::anyhow!("--listen needs an address"))?,
+            other => anyhow::bail!("unknown argument {other:?}; usage: conformance_server [--listen ADDR]"),
         }
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter("warn")
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("warn").init();
     let config = Config::embedded().with_listen(listen.parse()?, false);
     let registry = Arc::new(Registry::new());
     register(&registry)?;
     let engine = portcullis::engine(registry.clone(), &config, "portcullis-conformance-fixtures");
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async move {
-            let listener = tokio::net::TcpListener::bind(config.listen).await?;
-            eprintln!(
-                "conformance fixtures on http://{}/mcp",
-                listener.local_addr()?
-            );
-            // The watched resource changes every 3 s, like the reference server's.
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(3));
-                loop {
-                    tick.tick().await;
-                    registry.resource_updated("test://watched-resource");
-                }
-            });
-            portcullis::serve_http(listener, engine, &config).await?;
-            Ok(())
-        })
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        eprintln!("conformance fixtures on http://{}/mcp", listener.local_addr()?);
+        // The watched resource changes every 3 s, like the reference server's.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3));
+            loop {
+                tick.tick().await;
+                registry.resource_updated("test://watched-resource");
+            }
+        });
+        portcullis::serve_http(listener, engine, &config).await?;
+        Ok(())
+    })
 }
 
 fn register(r: &Registry) -> Result<(), RegistryError> {
@@ -66,110 +51,65 @@ fn register(r: &Registry) -> Result<(), RegistryError> {
     r.add_tool(
         Tool::new("test_simple_text", "Tests simple text content response")
             .input_schema(empty())
+            .handler(|_| async { Ok(ToolOutput::text("This is a simple text response for testing.")) })?,
+    );
+    r.add_tool(
+        Tool::new("test_image_content", "Tests image content response")
+            .handler(|_| async { Ok(ToolOutput::with_content(vec![Content::image(PNG, "image/png")])) })?,
+    );
+    r.add_tool(
+        Tool::new("test_audio_content", "Tests audio content response")
+            .handler(|_| async { Ok(ToolOutput::with_content(vec![Content::audio(WAV, "audio/wav")])) })?,
+    );
+    r.add_tool(Tool::new("test_embedded_resource", "Tests embedded resource content response").handler(|_| async {
+        Ok(ToolOutput::with_content(vec![Content::resource(ResourceContents::text(
+            "test://embedded-resource",
+            "text/plain",
+            "This is an embedded resource content.",
+        ))]))
+    })?);
+    r.add_tool(
+        Tool::new("test_multiple_content_types", "Tests response with multiple content types (text, image, resource)")
             .handler(|_| async {
-                Ok(ToolOutput::text(
-                    "This is a simple text response for testing.",
-                ))
+                Ok(ToolOutput::with_content(vec![
+                    Content::text("Multiple content types test:"),
+                    Content::image(PNG, "image/png"),
+                    Content::resource(ResourceContents::text(
+                        "test://mixed-content-resource",
+                        "application/json",
+                        json!({ "test": "data", "value": 123 }).to_string(),
+                    )),
+                ]))
             })?,
     );
-    r.add_tool(
-        Tool::new("test_image_content", "Tests image content response").handler(|_| async {
-            Ok(ToolOutput::with_content(vec![Content::image(
-                PNG,
-                "image/png",
-            )]))
-        })?,
-    );
-    r.add_tool(
-        Tool::new("test_audio_content", "Tests audio content response").handler(|_| async {
-            Ok(ToolOutput::with_content(vec![Content::audio(
-                WAV,
-                "audio/wav",
-            )]))
-        })?,
-    );
-    r.add_tool(
-        Tool::new(
-            "test_embedded_resource",
-            "Tests embedded resource content response",
-        )
-        .handler(|_| async {
-            Ok(ToolOutput::with_content(vec![Content::resource(
-                ResourceContents::text(
-                    "test://embedded-resource",
-                    "text/plain",
-                    "This is an embedded resource content.",
-                ),
-            )]))
-        })?,
-    );
-    r.add_tool(
-        Tool::new(
-            "test_multiple_content_types",
-            "Tests response with multiple content types (text, image, resource)",
-        )
-        .handler(|_| async {
-            Ok(ToolOutput::with_content(vec![
-                Content::text("Multiple content types test:"),
-                Content::image(PNG, "image/png"),
-                Content::resource(ResourceContents::text(
-                    "test://mixed-content-resource",
-                    "application/json",
-                    json!({ "test": "data", "value": 123 }).to_string(),
-                )),
-            ]))
-        })?,
-    );
-    r.add_tool(
-        Tool::new(
-            "test_tool_with_logging",
-            "Tests tool that emits log messages during execution",
-        )
-        .handler(|call| async move {
-            for (i, msg) in [
-                "Tool execution started",
-                "Tool processing data",
-                "Tool execution completed",
-            ]
-            .iter()
-            .enumerate()
+    r.add_tool(Tool::new("test_tool_with_logging", "Tests tool that emits log messages during execution").handler(
+        |call| async move {
+            for (i, msg) in
+                ["Tool execution started", "Tool processing data", "Tool execution completed"].iter().enumerate()
             {
                 if i > 0 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                call.ctx
-                    .log(LogLevel::Info, Some("conformance"), json!(msg))
-                    .await;
+                call.ctx.log(LogLevel::Info, Some("conformance"), json!(msg)).await;
             }
             Ok(ToolOutput::text("Tool with logging executed successfully"))
-        })?,
-    );
-    r.add_tool(
-        Tool::new(
-            "test_tool_with_progress",
-            "Tests tool that reports progress notifications",
-        )
-        .handler(|call| async move {
+        },
+    )?);
+    r.add_tool(Tool::new("test_tool_with_progress", "Tests tool that reports progress notifications").handler(
+        |call| async move {
             for (i, p) in [0.0, 50.0, 100.0].into_iter().enumerate() {
                 if i > 0 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                call.ctx
-                    .progress(p, Some(100.0), Some(&format!("Completed step {p} of 100")))
-                    .await;
+                call.ctx.progress(p, Some(100.0), Some(&format!("Completed step {p} of 100"))).await;
             }
-            let token = call
-                .ctx
-                .progress_token()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let token = call.ctx.progress_token().map(ToString::to_string).unwrap_or_default();
             Ok(ToolOutput::text(token))
-        })?,
-    );
+        },
+    )?);
     r.add_tool(
-        Tool::new("test_error_handling", "Tests error response handling").handler(|_| async {
-            Err("This tool intentionally returns an error for testing".into())
-        })?,
+        Tool::new("test_error_handling", "Tests error response handling")
+            .handler(|_| async { Err("This tool intentionally returns an error for testing".into()) })?,
     );
     r.add_tool(
         Tool::new(
@@ -308,13 +248,9 @@ fn register(r: &Registry) -> Result<(), RegistryError> {
             .title("Watched Resource")
             .description("A resource that auto-updates every 3 seconds")
             .mime_type("text/plain")
-            .reader(|c| async move {
-                Ok(vec![ResourceContents::text(
-                    c.uri,
-                    "text/plain",
-                    "Watched resource content",
-                )])
-            }),
+            .reader(
+                |c| async move { Ok(vec![ResourceContents::text(c.uri, "text/plain", "Watched resource content")]) },
+            ),
     );
     r.add_template(
         ResourceTemplate::new("test://template/{id}/data", "template")
@@ -323,105 +259,74 @@ fn register(r: &Registry) -> Result<(), RegistryError> {
             .mime_type("application/json")
             .reader(|c| async move {
                 let id = c.vars.get("id").cloned().unwrap_or_default();
-                let text =
-                    json!({ "id": id, "templateTest": true, "data": format!("Data for ID: {id}") })
-                        .to_string();
-                Ok(vec![ResourceContents::text(
-                    c.uri,
-                    "application/json",
-                    text,
-                )])
+                let text = json!({ "id": id, "templateTest": true, "data": format!("Data for ID: {id}") }).to_string();
+                Ok(vec![ResourceContents::text(c.uri, "application/json", text)])
             })?,
     );
 
     r.add_prompt(
-        Prompt::new("test_simple_prompt", "A simple prompt without arguments")
-            .title("Simple Test Prompt")
-            .handler(|_| async {
+        Prompt::new("test_simple_prompt", "A simple prompt without arguments").title("Simple Test Prompt").handler(
+            |_| async {
                 Ok(PromptOutput {
                     description: None,
-                    messages: vec![PromptMessage::user(Content::text(
-                        "This is a simple prompt for testing.",
-                    ))],
+                    messages: vec![PromptMessage::user(Content::text("This is a simple prompt for testing."))],
+                })
+            },
+        ),
+    );
+    r.add_prompt(
+        Prompt::new("test_prompt_with_arguments", "A prompt with required arguments")
+            .title("Prompt With Arguments")
+            .argument("arg1", "First test argument", true)
+            .argument("arg2", "Second test argument", true)
+            .complete("arg1", |v| {
+                ["test", "testing", "tested"].iter().filter(|s| s.starts_with(v)).map(|s| s.to_string()).collect()
+            })
+            .handler(|c| async move {
+                let text = format!("Prompt with arguments: arg1='{}', arg2='{}'", c.args["arg1"], c.args["arg2"]);
+                Ok(PromptOutput { description: None, messages: vec![PromptMessage::user(Content::text(text))] })
+            }),
+    );
+    r.add_prompt(
+        Prompt::new("test_prompt_with_embedded_resource", "A prompt that includes an embedded resource")
+            .title("Prompt With Embedded Resource")
+            .argument("resourceUri", "URI of the resource to embed", true)
+            .handler(|c| async move {
+                let uri = c.args["resourceUri"].clone();
+                Ok(PromptOutput {
+                    description: None,
+                    messages: vec![
+                        PromptMessage::user(Content::resource(ResourceContents::text(
+                            uri,
+                            "text/plain",
+                            "Embedded resource content for testing.",
+                        ))),
+                        PromptMessage::user(Content::text("Please process the embedded resource above.")),
+                    ],
                 })
             }),
     );
     r.add_prompt(
-        Prompt::new(
-            "test_prompt_with_arguments",
-            "A prompt with required arguments",
-        )
-        .title("Prompt With Arguments")
-        .argument("arg1", "First test argument", true)
-        .argument("arg2", "Second test argument", true)
-        .complete("arg1", |v| {
-            ["test", "testing", "tested"]
-                .iter()
-                .filter(|s| s.starts_with(v))
-                .map(|s| s.to_string())
-                .collect()
-        })
-        .handler(|c| async move {
-            let text = format!(
-                "Prompt with arguments: arg1='{}', arg2='{}'",
-                c.args["arg1"], c.args["arg2"]
-            );
-            Ok(PromptOutput {
-                description: None,
-                messages: vec![PromptMessage::user(Content::text(text))],
-            })
-        }),
-    );
-    r.add_prompt(
-        Prompt::new(
-            "test_prompt_with_embedded_resource",
-            "A prompt that includes an embedded resource",
-        )
-        .title("Prompt With Embedded Resource")
-        .argument("resourceUri", "URI of the resource to embed", true)
-        .handler(|c| async move {
-            let uri = c.args["resourceUri"].clone();
-            Ok(PromptOutput {
-                description: None,
-                messages: vec![
-                    PromptMessage::user(Content::resource(ResourceContents::text(
-                        uri,
-                        "text/plain",
-                        "Embedded resource content for testing.",
-                    ))),
-                    PromptMessage::user(Content::text(
-                        "Please process the embedded resource above.",
-                    )),
-                ],
-            })
-        }),
-    );
-    r.add_prompt(
-        Prompt::new(
-            "test_prompt_with_image",
-            "A prompt that includes image content",
-        )
-        .title("Prompt With Image")
-        .handler(|_| async {
-            Ok(PromptOutput {
-                description: None,
-                messages: vec![
-                    PromptMessage::user(Content::image(PNG, "image/png")),
-                    PromptMessage::user(Content::text("Please analyze the image above.")),
-                ],
-            })
-        }),
+        Prompt::new("test_prompt_with_image", "A prompt that includes image content")
+            .title("Prompt With Image")
+            .handler(|_| async {
+                Ok(PromptOutput {
+                    description: None,
+                    messages: vec![
+                        PromptMessage::user(Content::image(PNG, "image/png")),
+                        PromptMessage::user(Content::text("Please analyze the image above.")),
+                    ],
+                })
+            }),
     );
     Ok(())
 }
 
 fn elicit_text(result: Result<serde_json::Value, portcullis_protocol::RpcError>) -> String {
     match result {
-        Ok(r) => format!(
-            "User response: action={}, content={}",
-            r["action"].as_str().unwrap_or("unknown"),
-            r["content"]
-        ),
+        Ok(r) => {
+            format!("User response: action={}, content={}", r["action"].as_str().unwrap_or("unknown"), r["content"])
+        }
         Err(e) => format!("Elicitation not supported or error: {}", e.message),
     }
 }

@@ -50,6 +50,26 @@ pub struct AuthSection {
     pub cache_entries: usize,
     /// Trusted token issuers (`[[auth.issuers]]`).
     pub issuers: Vec<IssuerSection>,
+    /// Service-account API keys (`[[auth.api_keys]]`), stored as SHA-256 hashes only.
+    pub api_keys: Vec<ApiKeySection>,
+}
+
+/// `[[auth.api_keys]]`: one service account. `portcullis api-key` prints a new key and its hash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySection {
+    /// The service account's name; it becomes the principal's subject and client id.
+    pub name: String,
+    /// Hex SHA-256 of the key. The key itself never appears in configuration.
+    pub sha256: String,
+    /// Scopes granted to the key.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Roles granted to the key.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Tenant of the service account.
+    pub tenant: Option<String>,
 }
 
 /// Authentication mode.
@@ -128,6 +148,7 @@ impl Default for AuthSection {
             cache_ttl: Duration::from_secs(300),
             cache_entries: 10_000,
             issuers: Vec::new(),
+            api_keys: Vec::new(),
         }
     }
 }
@@ -288,10 +309,7 @@ impl Default for SessionsSection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        Self {
-            format: LogFormat::Human,
-            level: "info".into(),
-        }
+        Self { format: LogFormat::Human, level: "info".into() }
     }
 }
 
@@ -306,19 +324,13 @@ impl Default for DemoSection {
 impl RawConfig {
     /// Parses TOML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
     }
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
         Self::parse(&text, &shown)
     }
 }
@@ -327,16 +339,11 @@ impl Config {
     /// Validates and resolves `raw`.
     pub fn resolve(raw: RawConfig) -> Result<Self, ConfigError> {
         let s = raw.server;
-        let paths = [
-            ("server.path", &s.path),
-            ("server.sse_path", &s.sse_path),
-            ("server.message_path", &s.message_path),
-        ];
+        let paths =
+            [("server.path", &s.path), ("server.sse_path", &s.sse_path), ("server.message_path", &s.message_path)];
         for (key, p) in paths {
             if !p.starts_with('/') || p.len() < 2 {
-                return Err(ConfigError::Invalid(format!(
-                    "{key} must be an absolute path like \"/mcp\", got {p:?}"
-                )));
+                return Err(ConfigError::Invalid(format!("{key} must be an absolute path like \"/mcp\", got {p:?}")));
             }
         }
         if s.path == s.sse_path || s.path == s.message_path || s.sse_path == s.message_path {
@@ -353,33 +360,19 @@ impl Config {
         ];
         for (key, v) in positive {
             if v == 0 {
-                return Err(ConfigError::Invalid(format!(
-                    "{key} must be greater than 0"
-                )));
+                return Err(ConfigError::Invalid(format!("{key} must be greater than 0")));
             }
         }
         if raw.sessions.sse_keepalive.is_zero() {
-            return Err(ConfigError::Invalid(
-                "sessions.sse_keepalive must be greater than 0".into(),
-            ));
+            return Err(ConfigError::Invalid("sessions.sse_keepalive must be greater than 0".into()));
         }
         let loopback = OriginPolicy::loopback();
         let on_loopback = s.listen.ip().is_loopback();
         let origins = OriginPolicy {
-            hosts: s.allowed_hosts.unwrap_or_else(|| {
-                if on_loopback {
-                    loopback.hosts.clone()
-                } else {
-                    Vec::new()
-                }
-            }),
-            origins: s.allowed_origins.unwrap_or_else(|| {
-                if on_loopback {
-                    loopback.origins.clone()
-                } else {
-                    Vec::new()
-                }
-            }),
+            hosts: s.allowed_hosts.unwrap_or_else(|| if on_loopback { loopback.hosts.clone() } else { Vec::new() }),
+            origins: s
+                .allowed_origins
+                .unwrap_or_else(|| if on_loopback { loopback.origins.clone() } else { Vec::new() }),
         };
         let auth = resolve_auth(raw.auth, &format!("http://{}{}", s.listen, s.path))?;
         Ok(Self {
@@ -409,18 +402,14 @@ impl Config {
     /// The embedded default (`portcullis serve` with no file).
     pub fn embedded() -> Self {
         // The defaults are valid by construction; resolve cannot fail on them.
-        Self::resolve(RawConfig::default())
-            .unwrap_or_else(|e| unreachable!("embedded default is invalid: {e}"))
+        Self::resolve(RawConfig::default()).unwrap_or_else(|e| unreachable!("embedded default is invalid: {e}"))
     }
 
     /// Moves the listener, re-deriving the Host/Origin defaults for the new address.
     pub fn with_listen(mut self, listen: SocketAddr, raw_hosts_set: bool) -> Self {
         if !raw_hosts_set {
-            self.http.origins = if listen.ip().is_loopback() {
-                OriginPolicy::loopback()
-            } else {
-                OriginPolicy::default()
-            };
+            self.http.origins =
+                if listen.ip().is_loopback() { OriginPolicy::loopback() } else { OriginPolicy::default() };
         }
         self.listen = listen;
         self
@@ -431,22 +420,37 @@ impl Config {
 fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAuth>, ConfigError> {
     use portcullis_auth::{Authenticator, ClaimMapping, Issuer, IssuerKeys, Jwks, JwksOptions};
     if a.mode == AuthMode::Off {
-        if !a.issuers.is_empty() {
+        if !a.issuers.is_empty() || !a.api_keys.is_empty() {
             return Err(ConfigError::Invalid(
-                "auth.issuers is set but auth.mode is \"off\"; set mode = \"jwt\"".into(),
+                "auth.issuers or auth.api_keys is set but auth.mode is \"off\"; set mode = \"jwt\"".into(),
             ));
         }
         return Ok(None);
     }
-    if a.issuers.is_empty() {
+    if a.issuers.is_empty() && a.api_keys.is_empty() {
         return Err(ConfigError::Invalid(
-            "auth.mode = \"jwt\" needs at least one [[auth.issuers]]".into(),
+            "auth.mode = \"jwt\" needs at least one [[auth.issuers]] or [[auth.api_keys]]".into(),
         ));
     }
+    let mut api_keys = Vec::new();
+    for (i, k) in a.api_keys.iter().enumerate() {
+        let principal = portcullis_engine::Principal {
+            tenant: k.tenant.clone(),
+            subject: k.name.clone(),
+            client_id: Some(k.name.clone()),
+            scopes: k.scopes.clone(),
+            roles: k.roles.clone(),
+            token_id: None,
+            expires_at: None,
+            method: portcullis_engine::AuthMethod::ApiKey,
+        };
+        api_keys.push(
+            portcullis_auth::ApiKey::new(&k.sha256, principal)
+                .map_err(|e| ConfigError::Invalid(format!("auth.api_keys[{i}] ({}): {e}", k.name)))?,
+        );
+    }
     let resource = a.resource.unwrap_or_else(|| default_resource.to_owned());
-    if !(resource.starts_with("http://") || resource.starts_with("https://"))
-        || resource.contains('#')
-    {
+    if !(resource.starts_with("http://") || resource.starts_with("https://")) || resource.contains('#') {
         return Err(ConfigError::Invalid(format!(
             "auth.resource must be an absolute http(s) URL without a fragment, got {resource:?}"
         )));
@@ -460,9 +464,7 @@ fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAut
         let mut algorithms = Vec::new();
         for name in &is.algorithms {
             if name.eq_ignore_ascii_case("none") {
-                return Err(ConfigError::Invalid(format!(
-                    "{at}: algorithm \"none\" is never accepted"
-                )));
+                return Err(ConfigError::Invalid(format!("{at}: algorithm \"none\" is never accepted")));
             }
             algorithms.push(name.parse::<jsonwebtoken::Algorithm>().map_err(|_| {
                 ConfigError::Invalid(format!(
@@ -485,33 +487,22 @@ fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAut
                 min_refetch: is.jwks_min_refetch,
                 timeout: Duration::from_secs(5),
             };
-            IssuerKeys::Jwks(std::sync::Arc::new(Jwks::new(
-                url.clone(),
-                client.clone(),
-                opts,
-            )))
+            IssuerKeys::Jwks(std::sync::Arc::new(Jwks::new(url.clone(), client.clone(), opts)))
         } else if let Some(var) = &is.secret_env {
             let secret = std::env::var(var).map_err(|_| {
-                ConfigError::Invalid(format!(
-                    "{at}: environment variable {var} (secret_env) is not set"
-                ))
+                ConfigError::Invalid(format!("{at}: environment variable {var} (secret_env) is not set"))
             })?;
             IssuerKeys::Secret(secret_key(secret.as_bytes(), &at)?)
         } else if let Some(file) = &is.secret_file {
-            let secret = std::fs::read(file).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "{at}: cannot read secret_file {}: {e}",
-                    file.display()
-                ))
-            })?;
+            let secret = std::fs::read(file)
+                .map_err(|e| ConfigError::Invalid(format!("{at}: cannot read secret_file {}: {e}", file.display())))?;
             let trimmed = secret.strip_suffix(b"\n").unwrap_or(&secret);
             IssuerKeys::Secret(secret_key(trimmed, &at)?)
         } else {
             let mut keys = Vec::new();
             for f in &is.public_key_files {
-                let pem = std::fs::read(f).map_err(|e| {
-                    ConfigError::Invalid(format!("{at}: cannot read {}: {e}", f.display()))
-                })?;
+                let pem = std::fs::read(f)
+                    .map_err(|e| ConfigError::Invalid(format!("{at}: cannot read {}: {e}", f.display())))?;
                 let key = jsonwebtoken::DecodingKey::from_rsa_pem(&pem)
                     .or_else(|_| jsonwebtoken::DecodingKey::from_ec_pem(&pem))
                     .or_else(|_| jsonwebtoken::DecodingKey::from_ed_pem(&pem))
@@ -525,33 +516,23 @@ fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAut
             }
             IssuerKeys::Pem(keys)
         };
-        let audiences = if is.audiences.is_empty() {
-            vec![resource.clone()]
-        } else {
-            is.audiences.clone()
-        };
+        let audiences = if is.audiences.is_empty() { vec![resource.clone()] } else { is.audiences.clone() };
         let claims = ClaimMapping {
             tenant: is.tenant_claim.clone(),
             roles: is.role_claims.clone(),
             scopes: is.scope_claims.clone(),
         };
         issuers.push(
-            Issuer::new(
-                is.issuer.clone(),
-                audiences,
-                algorithms,
-                is.leeway,
-                keys,
-                claims,
-            )
-            .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?,
+            Issuer::new(is.issuer.clone(), audiences, algorithms, is.leeway, keys, claims)
+                .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?,
         );
     }
-    let authorization_servers = a
-        .authorization_servers
-        .unwrap_or_else(|| a.issuers.iter().map(|i| i.issuer.clone()).collect());
+    let authorization_servers =
+        a.authorization_servers.unwrap_or_else(|| a.issuers.iter().map(|i| i.issuer.clone()).collect());
     Ok(Some(HttpAuth {
-        verifier: std::sync::Arc::new(Authenticator::new(issuers, a.cache_ttl, a.cache_entries)),
+        verifier: std::sync::Arc::new(
+            Authenticator::new(issuers, a.cache_ttl, a.cache_entries).with_api_keys(api_keys),
+        ),
         resource,
         authorization_servers,
         scopes_supported: a.scopes_supported,
@@ -561,9 +542,7 @@ fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAut
 fn secret_key(secret: &[u8], at: &str) -> Result<jsonwebtoken::DecodingKey, ConfigError> {
     // RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
     if secret.len() < 32 {
-        return Err(ConfigError::Invalid(format!(
-            "{at}: the HMAC secret must be at least 32 bytes"
-        )));
+        return Err(ConfigError::Invalid(format!("{at}: the HMAC secret must be at least 32 bytes")));
     }
     Ok(jsonwebtoken::DecodingKey::from_secret(secret))
 }
@@ -586,9 +565,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "invalid duration {s:?}: use a whole number with ms, s, m or h, like \"15s\""
-        ))
+        serde::de::Error::custom(format!("invalid duration {s:?}: use a whole number with ms, s, m or h, like \"15s\""))
     })
 }
 
@@ -616,15 +593,9 @@ mod tests {
     #[test]
     fn errors_name_the_key_and_line() {
         let e = err("[server]\nlisten = \"127.0.0.1:9\"\nlisten_port = 3\n");
-        assert!(
-            e.contains("line 3") && e.contains("listen_port") && e.contains("test.toml"),
-            "{e}"
-        );
+        assert!(e.contains("line 3") && e.contains("listen_port") && e.contains("test.toml"), "{e}");
         let e = err("[sessions]\n\nidle_ttl = \"ten minutes\"\n");
-        assert!(
-            e.contains("line 3") && e.contains("invalid duration"),
-            "{e}"
-        );
+        assert!(e.contains("line 3") && e.contains("invalid duration"), "{e}");
         let e = err("[server]\nlisten = \"nowhere\"\n");
         assert!(e.contains("line 2") && e.contains("listen"), "{e}");
         let e = err("[serverr]\n");
@@ -642,16 +613,11 @@ mod tests {
 
     #[test]
     fn public_listeners_default_to_any_host() {
-        let c =
-            Config::resolve(RawConfig::parse("[server]\nlisten = \"0.0.0.0:80\"\n", "x").unwrap())
-                .unwrap();
+        let c = Config::resolve(RawConfig::parse("[server]\nlisten = \"0.0.0.0:80\"\n", "x").unwrap()).unwrap();
         assert!(c.http.origins.hosts.is_empty());
         let c = Config::resolve(
-            RawConfig::parse(
-                "[server]\nlisten = \"0.0.0.0:80\"\nallowed_hosts = [\"mcp.example.com\"]\n",
-                "x",
-            )
-            .unwrap(),
+            RawConfig::parse("[server]\nlisten = \"0.0.0.0:80\"\nallowed_hosts = [\"mcp.example.com\"]\n", "x")
+                .unwrap(),
         )
         .unwrap();
         assert_eq!(c.http.origins.hosts, ["mcp.example.com"]);
@@ -662,33 +628,27 @@ mod tests {
         assert!(err("[auth]\nmode = \"jwt\"\n").contains("at least one"));
         let base = "[auth]\nmode = \"jwt\"\n[[auth.issuers]]\nissuer = \"https://idp\"\n";
         assert!(
-            err(&format!(
-                "{base}algorithms = [\"none\"]\njwks_url = \"https://idp/jwks\"\n"
-            ))
-            .contains("never accepted")
+            err(&format!("{base}algorithms = [\"none\"]\njwks_url = \"https://idp/jwks\"\n"))
+                .contains("never accepted")
         );
         assert!(err(&format!("{base}algorithms = [\"RS256\"]\n")).contains("exactly one"));
         assert!(
-            err(&format!(
-                "{base}algorithms = [\"HS256\"]\njwks_url = \"https://idp/jwks\"\n"
-            ))
-            .contains("shared secret")
+            err(&format!("{base}algorithms = [\"HS256\"]\njwks_url = \"https://idp/jwks\"\n"))
+                .contains("shared secret")
         );
         assert!(
-            err(&format!(
-                "{base}algorithms = [\"RS256\"]\nsecret_env = \"PORTCULLIS_TEST_UNSET_VAR\"\n"
-            ))
-            .contains("is not set")
+            err(&format!("{base}algorithms = [\"RS256\"]\nsecret_env = \"PORTCULLIS_TEST_UNSET_VAR\"\n"))
+                .contains("is not set")
         );
-        assert!(err(&format!("{base}algorithms = [\"RS256\"]\njwks_url = \"https://idp/jwks\"\nsecret = \"inline\"\n")).contains("secret"));
+        assert!(
+            err(&format!("{base}algorithms = [\"RS256\"]\njwks_url = \"https://idp/jwks\"\nsecret = \"inline\"\n"))
+                .contains("secret")
+        );
         let ok = format!("{base}algorithms = [\"RS256\"]\njwks_url = \"https://idp/jwks\"\n");
         let c = Config::resolve(RawConfig::parse(&ok, "x").unwrap()).unwrap();
         let auth = c.http.auth.unwrap();
         assert_eq!(auth.resource, "http://127.0.0.1:8080/mcp");
-        assert_eq!(
-            auth.metadata_url(),
-            "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp"
-        );
+        assert_eq!(auth.metadata_url(), "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp");
         assert_eq!(auth.authorization_servers, ["https://idp"]);
     }
 
@@ -709,16 +669,9 @@ mod docs_tests {
     #[test]
     fn docs_config_example_is_the_default() {
         let doc = include_str!("../docs/config.md");
-        let start = doc
-            .find("```toml\n")
-            .expect("docs/config.md has a toml block")
-            + 8;
+        let start = doc.find("```toml\n").expect("docs/config.md has a toml block") + 8;
         let end = start + doc[start..].find("```").expect("the toml block ends");
-        let from_docs =
-            Config::resolve(RawConfig::parse(&doc[start..end], "docs/config.md").unwrap()).unwrap();
-        assert_eq!(
-            format!("{from_docs:?}"),
-            format!("{:?}", Config::embedded())
-        );
+        let from_docs = Config::resolve(RawConfig::parse(&doc[start..end], "docs/config.md").unwrap()).unwrap();
+        assert_eq!(format!("{from_docs:?}"), format!("{:?}", Config::embedded()));
     }
 }

@@ -4,8 +4,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_engine::{
-    Content, Prompt, PromptMessage, PromptOutput, Registry, RegistryError, Resource,
-    ResourceContents, ResourceTemplate, Tool, ToolError, ToolOutput,
+    Content, Prompt, PromptMessage, PromptOutput, Registry, RegistryError, Resource, ResourceContents,
+    ResourceTemplate, Tool, ToolError, ToolOutput,
 };
 use portcullis_protocol::RpcError;
 use serde_json::{Value, json};
@@ -27,46 +27,32 @@ pub fn register(registry: &Registry) -> Result<(), RegistryError> {
             .title("About the demo")
             .description("What the demo server offers")
             .mime_type("text/markdown")
-            .reader(
-                |c| async move { Ok(vec![ResourceContents::text(c.uri, "text/markdown", README)]) },
-            ),
+            .reader(|c| async move { Ok(vec![ResourceContents::text(c.uri, "text/markdown", README)]) }),
     );
     registry.add_resource(
         Resource::new("portcullis://demo/sample.log", "sample.log")
             .title("Sample application log")
             .description("500 lines of a made-up service log; read_log pages through it")
             .mime_type("text/plain")
-            .reader(|c| async move {
-                Ok(vec![ResourceContents::text(
-                    c.uri,
-                    "text/plain",
-                    SAMPLE_LOG,
-                )])
-            }),
+            .reader(|c| async move { Ok(vec![ResourceContents::text(c.uri, "text/plain", SAMPLE_LOG)]) }),
     );
     registry.add_template(
-        ResourceTemplate::new(
-            "portcullis://demo/sample.log/lines/{line}",
-            "sample-log-line",
-        )
-        .title("One line of the sample log")
-        .description("Line N (1-based) of the sample log")
-        .mime_type("text/plain")
-        .complete("line", complete_line)
-        .reader(|c| async move {
-            let line = c.vars.get("line").and_then(|l| l.parse::<usize>().ok());
-            match line
-                .and_then(|n| n.checked_sub(1))
-                .and_then(|i| SAMPLE_LOG.lines().nth(i))
-            {
-                Some(text) => Ok(vec![ResourceContents::text(c.uri, "text/plain", text)]),
-                None => Err(RpcError::new(
-                    portcullis_protocol::code::RESOURCE_NOT_FOUND,
-                    "no such line in the sample log",
-                )
-                .with_data(json!({ "uri": c.uri }))),
-            }
-        })?,
+        ResourceTemplate::new("portcullis://demo/sample.log/lines/{line}", "sample-log-line")
+            .title("One line of the sample log")
+            .description("Line N (1-based) of the sample log")
+            .mime_type("text/plain")
+            .complete("line", complete_line)
+            .reader(|c| async move {
+                let line = c.vars.get("line").and_then(|l| l.parse::<usize>().ok());
+                match line.and_then(|n| n.checked_sub(1)).and_then(|i| SAMPLE_LOG.lines().nth(i)) {
+                    Some(text) => Ok(vec![ResourceContents::text(c.uri, "text/plain", text)]),
+                    None => Err(RpcError::new(
+                        portcullis_protocol::code::RESOURCE_NOT_FOUND,
+                        "no such line in the sample log",
+                    )
+                    .with_data(json!({ "uri": c.uri }))),
+                }
+            })?,
     );
     registry.add_prompt(
         Prompt::new("summarize_logs", "Summarize the sample log: errors, warnings and what they suggest")
@@ -100,9 +86,7 @@ pub fn register(registry: &Registry) -> Result<(), RegistryError> {
                 let text = n
                     .checked_sub(1)
                     .and_then(|i| SAMPLE_LOG.lines().nth(i))
-                    .ok_or_else(|| {
-                        RpcError::invalid_params(format!("the sample log has no line {n}"))
-                    })?;
+                    .ok_or_else(|| RpcError::invalid_params(format!("the sample log has no line {n}")))?;
                 Ok(PromptOutput {
                     description: None,
                     messages: vec![PromptMessage::user(Content::text(format!(
@@ -116,10 +100,7 @@ pub fn register(registry: &Registry) -> Result<(), RegistryError> {
 
 fn complete_line(prefix: &str) -> Vec<String> {
     let total = SAMPLE_LOG.lines().count();
-    (1..=total)
-        .map(|n| n.to_string())
-        .filter(|n| n.starts_with(prefix))
-        .collect()
+    (1..=total).map(|n| n.to_string()).filter(|n| n.starts_with(prefix)).collect()
 }
 
 fn echo() -> Result<Tool, RegistryError> {
@@ -147,45 +128,32 @@ fn get_time() -> Result<Tool, RegistryError> {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_err(|_| ToolError("the clock is before 1970".into()))?;
-            Ok(ToolOutput::text(rfc3339(
-                now.as_secs(),
-                now.subsec_millis(),
-            )))
+            Ok(ToolOutput::text(rfc3339(now.as_secs(), now.subsec_millis())))
         })
 }
 
 fn random_number() -> Result<Tool, RegistryError> {
-    Tool::new(
-        "random_number",
-        "A uniformly random integer between min and max, inclusive",
-    )
-    .title("Random number")
-    .input_schema(json!({
-        "type": "object",
-        "properties": {
-            "min": { "type": "integer", "description": "Lower bound (inclusive)" },
-            "max": { "type": "integer", "description": "Upper bound (inclusive)" }
-        },
-        "required": ["min", "max"],
-        "additionalProperties": false
-    }))
-    .annotations(json!({ "readOnlyHint": true, "idempotentHint": false, "openWorldHint": false }))
-    .handler(|call| async move {
-        let min = call.args["min"]
-            .as_i64()
-            .ok_or("min must be an integer between -2^63 and 2^63-1")?;
-        let max = call.args["max"]
-            .as_i64()
-            .ok_or("max must be an integer between -2^63 and 2^63-1")?;
-        if min > max {
-            return Err(ToolError(format!(
-                "min ({min}) must be less than or equal to max ({max})"
-            )));
-        }
-        let n =
-            uniform(min, max).map_err(|e| ToolError(format!("no randomness available: {e}")))?;
-        Ok(ToolOutput::text(n.to_string()))
-    })
+    Tool::new("random_number", "A uniformly random integer between min and max, inclusive")
+        .title("Random number")
+        .input_schema(json!({
+            "type": "object",
+            "properties": {
+                "min": { "type": "integer", "description": "Lower bound (inclusive)" },
+                "max": { "type": "integer", "description": "Upper bound (inclusive)" }
+            },
+            "required": ["min", "max"],
+            "additionalProperties": false
+        }))
+        .annotations(json!({ "readOnlyHint": true, "idempotentHint": false, "openWorldHint": false }))
+        .handler(|call| async move {
+            let min = call.args["min"].as_i64().ok_or("min must be an integer between -2^63 and 2^63-1")?;
+            let max = call.args["max"].as_i64().ok_or("max must be an integer between -2^63 and 2^63-1")?;
+            if min > max {
+                return Err(ToolError(format!("min ({min}) must be less than or equal to max ({max})")));
+            }
+            let n = uniform(min, max).map_err(|e| ToolError(format!("no randomness available: {e}")))?;
+            Ok(ToolOutput::text(n.to_string()))
+        })
 }
 
 fn read_log() -> Result<Tool, RegistryError> {
@@ -263,12 +231,7 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 #[cfg(test)]

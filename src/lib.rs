@@ -26,28 +26,14 @@ pub fn engine(registry: Arc<Registry>, config: &Config, name: &str) -> Arc<Engin
             title: Some("Portcullis".to_owned()),
             instructions: None,
         },
-        EngineOptions {
-            page_size: config.page_size,
-            client_request_timeout: config.client_request_timeout,
-        },
+        EngineOptions { page_size: config.page_size, client_request_timeout: config.client_request_timeout },
     ))
 }
 
 /// Serves Streamable HTTP and HTTP+SSE on `listener` until SIGINT/SIGTERM, then shuts down
 /// within the configured grace period.
-pub async fn serve_http(
-    listener: TcpListener,
-    engine: Arc<Engine>,
-    config: &Config,
-) -> std::io::Result<()> {
-    serve_http_until(
-        listener,
-        engine,
-        config.http.clone(),
-        config.shutdown_grace,
-        shutdown_signal(),
-    )
-    .await
+pub async fn serve_http(listener: TcpListener, engine: Arc<Engine>, config: &Config) -> std::io::Result<()> {
+    serve_http_until(listener, engine, config.http.clone(), config.shutdown_grace, shutdown_signal()).await
 }
 
 /// Like [`serve_http`] with an explicit shutdown future (tests).

@@ -29,6 +29,13 @@ enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// Generate a service-account API key: prints the key (give it to the service) and the
+    /// `[[auth.api_keys]]` entry holding only its hash (put it in the config).
+    ApiKey {
+        /// The service account's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -52,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::ApiKey { name } => api_key(&name),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,6 +86,21 @@ fn check_config(file: &PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn api_key(name: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("pcl_{key}");
+    let hash = portcullis_auth::ApiKey::hash_hex(&key);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "# The key: give it to the service (Authorization: Bearer <key>). It is shown only once.")?;
+    writeln!(out, "{key}")?;
+    writeln!(out, "# Add to the config ([auth] mode = \"jwt\"):")?;
+    writeln!(out, "[[auth.api_keys]]\nname = {name:?}\nsha256 = \"{hash}\"\nscopes = [\"mcp:tools\"]")?;
+    Ok(())
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (mut config, hosts_set) = load(args.config.as_ref())?;
     if let Some(listen) = args.listen {
@@ -92,10 +115,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         portcullis::demo::register(&registry).context("registering the demo tools")?;
     }
     let engine = portcullis::engine(registry, &config, "portcullis");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         if args.stdio {
             tracing::info!("serving MCP on stdio");
@@ -104,14 +124,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 max_json_depth: config.http.max_json_depth,
                 grace: config.shutdown_grace,
             };
-            portcullis_transport::stdio::serve(
-                engine,
-                tokio::io::stdin(),
-                tokio::io::stdout(),
-                opts,
-            )
-            .await
-            .context("stdio transport")?;
+            portcullis_transport::stdio::serve(engine, tokio::io::stdin(), tokio::io::stdout(), opts)
+                .await
+                .context("stdio transport")?;
             return Ok(());
         }
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -126,9 +141,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if addr.ip().is_loopback() {
             tracing::warn!("authentication is not configured: this server is for local use only");
         }
-        portcullis::serve_http(listener, engine, &config)
-            .await
-            .context("HTTP transport")?;
+        portcullis::serve_http(listener, engine, &config).await.context("HTTP transport")?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -141,9 +154,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         _ => EnvFilter::try_new(&config.log.level)
             .with_context(|| format!("invalid log.level {:?}", config.log.level))?,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Human => builder.with_ansi(false).init(),

@@ -32,9 +32,7 @@ struct KeyServer {
 
 async fn key_server(kids: &[&str]) -> KeyServer {
     let parts: Value = serde_json::from_str(JWKS_PARTS).unwrap();
-    let keys = Arc::new(Mutex::new(
-        json!({ "keys": kids.iter().map(|k| parts[k].clone()).collect::<Vec<_>>() }),
-    ));
+    let keys = Arc::new(Mutex::new(json!({ "keys": kids.iter().map(|k| parts[k].clone()).collect::<Vec<_>>() })));
     let hits = Arc::new(AtomicU64::new(0));
     let (k, h) = (keys.clone(), hits.clone());
     let app = axum::Router::new().route(
@@ -55,15 +53,11 @@ async fn key_server(kids: &[&str]) -> KeyServer {
 
 fn set_keys(ks: &KeyServer, kids: &[&str]) {
     let parts: Value = serde_json::from_str(JWKS_PARTS).unwrap();
-    *ks.keys.lock().unwrap() =
-        json!({ "keys": kids.iter().map(|k| parts[k].clone()).collect::<Vec<_>>() });
+    *ks.keys.lock().unwrap() = json!({ "keys": kids.iter().map(|k| parts[k].clone()).collect::<Vec<_>>() });
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// Claims for `sub` addressed to `aud`, valid now.
@@ -89,11 +83,7 @@ async fn secured(min_refetch: Duration) -> Secured {
     let jwks = Arc::new(Jwks::new(
         keys.url.clone(),
         reqwest::Client::new(),
-        JwksOptions {
-            max_age: Duration::from_secs(600),
-            min_refetch,
-            timeout: Duration::from_secs(2),
-        },
+        JwksOptions { max_age: Duration::from_secs(600), min_refetch, timeout: Duration::from_secs(2) },
     ));
     let issuer = Issuer::new(
         ISS.into(),
@@ -117,11 +107,7 @@ async fn secured(min_refetch: Duration) -> Secured {
         )
         .unwrap();
         o.auth = Some(HttpAuth {
-            verifier: Arc::new(Authenticator::new(
-                vec![issuer],
-                Duration::from_secs(60),
-                1000,
-            )),
+            verifier: Arc::new(Authenticator::new(vec![issuer], Duration::from_secs(60), 1000)),
             resource,
             authorization_servers: vec![ISS.into()],
             scopes_supported: vec!["mcp:tools".into()],
@@ -142,53 +128,26 @@ fn init_body() -> Value {
 }
 
 async fn init_with(s: &Server, token: &str) -> reqwest::Response {
-    post(&client(), &s.url())
-        .bearer_auth(token)
-        .json(&init_body())
-        .send()
-        .await
-        .unwrap()
+    post(&client(), &s.url()).bearer_auth(token).json(&init_body()).send().await.unwrap()
 }
 
 fn challenge(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
+    r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
 }
 
 #[tokio::test]
 async fn no_token_gets_a_401_challenge_and_metadata_is_published() {
     let t = secured(Duration::from_secs(30)).await;
-    let r = post(&client(), &t.server.url())
-        .json(&init_body())
-        .send()
-        .await
-        .unwrap();
+    let r = post(&client(), &t.server.url()).json(&init_body()).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let c = challenge(&r);
     assert!(
-        c.starts_with(
-            "Bearer resource_metadata=\"http://RESOURCE/.well-known/oauth-protected-resource/mcp\""
-        ),
+        c.starts_with("Bearer resource_metadata=\"http://RESOURCE/.well-known/oauth-protected-resource/mcp\""),
         "{c}"
     );
-    assert!(
-        c.contains("scope=\"mcp:tools\"") && !c.contains("error="),
-        "{c}"
-    );
-    for path in [
-        "/.well-known/oauth-protected-resource/mcp",
-        "/.well-known/oauth-protected-resource",
-    ] {
-        let v: Value = client()
-            .get(format!("{}{path}", t.server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    assert!(c.contains("scope=\"mcp:tools\"") && !c.contains("error="), "{c}");
+    for path in ["/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"] {
+        let v: Value = client().get(format!("{}{path}", t.server.base)).send().await.unwrap().json().await.unwrap();
         assert_eq!(v["resource"], AUD, "{path}");
         assert_eq!(v["authorization_servers"], json!([ISS]));
         assert_eq!(v["bearer_methods_supported"], json!(["header"]));
@@ -205,21 +164,13 @@ async fn a_valid_token_is_accepted_and_cached() {
     let r = post(&client(), &t.server.url())
         .bearer_auth(&token)
         .header("mcp-session-id", &sid)
-        .json(&rpc(
-            2,
-            "tools/call",
-            json!({ "name": "echo", "arguments": { "message": "authed" } }),
-        ))
+        .json(&rpc(2, "tools/call", json!({ "name": "echo", "arguments": { "message": "authed" } })))
         .send()
         .await
         .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["result"]["content"][0]["text"], "authed");
-    assert_eq!(
-        t.keys.hits.load(Ordering::SeqCst),
-        1,
-        "one JWKS fetch for both requests"
-    );
+    assert_eq!(t.keys.hits.load(Ordering::SeqCst), 1, "one JWKS fetch for both requests");
 }
 
 #[tokio::test]
@@ -233,9 +184,7 @@ async fn bad_tokens_are_refused_with_invalid_token() {
     wrong_iss["iss"] = json!("https://evil.test");
     let good = sign(RSA_A, "rsa-a", &claims("alice", AUD));
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
-    let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(&parts[2])
-        .unwrap();
+    let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&parts[2]).unwrap();
     sig[10] ^= 0x01;
     parts[2] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
     let tampered = parts.join(".");
@@ -247,28 +196,12 @@ async fn bad_tokens_are_refused_with_invalid_token() {
         format!("{}.{p}.{}", g[0], g[2])
     };
     let cases = [
-        (
-            "wrong audience",
-            sign(
-                RSA_A,
-                "rsa-a",
-                &claims("alice", "https://other.example/mcp"),
-            ),
-            "audience",
-        ),
+        ("wrong audience", sign(RSA_A, "rsa-a", &claims("alice", "https://other.example/mcp")), "audience"),
         ("expired", sign(RSA_A, "rsa-a", &expired), "expired"),
-        (
-            "not yet valid",
-            sign(RSA_A, "rsa-a", &early),
-            "not yet valid",
-        ),
+        ("not yet valid", sign(RSA_A, "rsa-a", &early), "not yet valid"),
         ("wrong issuer", sign(RSA_A, "rsa-a", &wrong_iss), "issuer"),
         ("tampered signature", tampered, "signature"),
-        (
-            "payload swapped under a valid signature",
-            swapped,
-            "signature",
-        ),
+        ("payload swapped under a valid signature", swapped, "signature"),
         ("garbage", "not.a.jwt".to_owned(), "malformed"),
     ];
     for (name, token, why) in cases {
@@ -277,10 +210,7 @@ async fn bad_tokens_are_refused_with_invalid_token() {
         let c = challenge(&r);
         assert!(c.contains("error=\"invalid_token\""), "{name}: {c}");
         assert!(c.contains(why), "{name}: {c}");
-        assert!(
-            !c.contains(&token),
-            "{name}: the challenge must not echo the token"
-        );
+        assert!(!c.contains(&token), "{name}: the challenge must not echo the token");
     }
     assert_eq!(t.server.store.len(), 0);
 }
@@ -290,11 +220,7 @@ async fn attack_alg_none_is_refused() {
     let t = secured(Duration::from_secs(30)).await;
     let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     for alg in ["none", "None", "NONE"] {
-        let token = format!(
-            "{}.{}.",
-            b64(json!({ "alg": alg, "typ": "JWT" })),
-            b64(claims("alice", AUD))
-        );
+        let token = format!("{}.{}.", b64(json!({ "alg": alg, "typ": "JWT" })), b64(claims("alice", AUD)));
         let r = init_with(&t.server, &token).await;
         assert_eq!(r.status(), 401, "{alg}");
     }
@@ -305,12 +231,7 @@ async fn attack_hs256_signed_with_the_rsa_public_key_is_refused() {
     let t = secured(Duration::from_secs(30)).await;
     let mut h = Header::new(Algorithm::HS256);
     h.kid = Some("rsa-a".into());
-    let token = encode(
-        &h,
-        &claims("alice", AUD),
-        &EncodingKey::from_secret(RSA_A_PUB),
-    )
-    .unwrap();
+    let token = encode(&h, &claims("alice", AUD), &EncodingKey::from_secret(RSA_A_PUB)).unwrap();
     let r = init_with(&t.server, &token).await;
     assert_eq!(r.status(), 401);
     assert!(challenge(&r).contains("algorithm"), "{}", challenge(&r));
@@ -331,26 +252,17 @@ async fn attack_hs256_signed_with_the_rsa_public_key_is_refused() {
 async fn attack_token_in_the_query_string_is_refused() {
     let t = secured(Duration::from_secs(30)).await;
     let token = sign(RSA_A, "rsa-a", &claims("alice", AUD));
-    let r = post(
-        &client(),
-        &format!("{}?access_token={token}", t.server.url()),
-    )
-    .json(&init_body())
-    .send()
-    .await
-    .unwrap();
+    let r =
+        post(&client(), &format!("{}?access_token={token}", t.server.url())).json(&init_body()).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(challenge(&r).contains("invalid_request"));
     // Even alongside a valid header.
-    let r = post(
-        &client(),
-        &format!("{}?access_token={token}", t.server.url()),
-    )
-    .bearer_auth(&token)
-    .json(&init_body())
-    .send()
-    .await
-    .unwrap();
+    let r = post(&client(), &format!("{}?access_token={token}", t.server.url()))
+        .bearer_auth(&token)
+        .json(&init_body())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -365,43 +277,25 @@ async fn attack_unknown_kid_flood_does_not_hammer_the_identity_provider() {
         let token = sign(RSA_A, &format!("random-kid-{i}"), &claims("alice", AUD));
         let url = t.server.url();
         tasks.push(tokio::spawn(async move {
-            post(&client(), &url)
-                .bearer_auth(token)
-                .json(&init_body())
-                .send()
-                .await
-                .unwrap()
-                .status()
+            post(&client(), &url).bearer_auth(token).json(&init_body()).send().await.unwrap().status()
         }));
     }
     for task in tasks {
         assert_eq!(task.await.unwrap(), 401);
     }
     let fetched = t.keys.hits.load(Ordering::SeqCst) - before;
-    assert!(
-        fetched <= 1,
-        "100 unknown kids caused {fetched} JWKS fetches; at most 1 per 30 s is allowed"
-    );
+    assert!(fetched <= 1, "100 unknown kids caused {fetched} JWKS fetches; at most 1 per 30 s is allowed");
     assert_eq!(t.jwks.fetch_count(), before + fetched);
 }
 
 #[tokio::test]
 async fn key_rotation_is_picked_up_without_restart() {
     let t = secured(Duration::from_millis(200)).await;
-    assert_eq!(
-        init_with(&t.server, &sign(RSA_A, "rsa-a", &claims("alice", AUD)))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(init_with(&t.server, &sign(RSA_A, "rsa-a", &claims("alice", AUD))).await.status(), 200);
     set_keys(&t.keys, &["rsa-b"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rotated = sign(RSA_B, "rsa-b", &claims("bob", AUD));
-    assert_eq!(
-        init_with(&t.server, &rotated).await.status(),
-        200,
-        "a token signed with the new key is accepted"
-    );
+    assert_eq!(init_with(&t.server, &rotated).await.status(), 200, "a token signed with the new key is accepted");
 }
 
 #[tokio::test]
@@ -413,11 +307,7 @@ async fn attack_oversized_token_is_refused() {
     let r = init_with(&t.server, &token).await;
     assert_eq!(r.status(), 401);
     assert!(challenge(&r).contains("longer than"));
-    assert_eq!(
-        t.keys.hits.load(Ordering::SeqCst),
-        0,
-        "refused before any key lookup"
-    );
+    assert_eq!(t.keys.hits.load(Ordering::SeqCst), 0, "refused before any key lookup");
 }
 
 #[tokio::test]
@@ -428,18 +318,9 @@ async fn attack_session_hijack_across_users_gets_404_and_no_data() {
     let r = init_with(&t.server, &alice).await;
     let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     let c = client();
-    let call = rpc(
-        2,
-        "tools/call",
-        json!({ "name": "echo", "arguments": { "message": "secret" } }),
-    );
-    let r = post(&c, &t.server.url())
-        .bearer_auth(&bob)
-        .header("mcp-session-id", &sid)
-        .json(&call)
-        .send()
-        .await
-        .unwrap();
+    let call = rpc(2, "tools/call", json!({ "name": "echo", "arguments": { "message": "secret" } }));
+    let r =
+        post(&c, &t.server.url()).bearer_auth(&bob).header("mcp-session-id", &sid).json(&call).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert!(!r.text().await.unwrap().contains("secret"));
     let r = c
@@ -451,27 +332,54 @@ async fn attack_session_hijack_across_users_gets_404_and_no_data() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let r = c
-        .delete(t.server.url())
-        .bearer_auth(&bob)
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(t.server.url()).bearer_auth(&bob).header("mcp-session-id", &sid).send().await.unwrap();
     assert_eq!(r.status(), 404);
     // Without any token: 401, not 404 — every request re-authenticates.
-    let r = post(&c, &t.server.url())
+    let r = post(&c, &t.server.url()).header("mcp-session-id", &sid).json(&call).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Alice's session is untouched.
+    let r =
+        post(&c, &t.server.url()).bearer_auth(&alice).header("mcp-session-id", &sid).json(&call).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn service_accounts_authenticate_with_api_keys() {
+    let key = "pcl_test_key_for_the_ci_bot_0123456789";
+    let bot = portcullis_engine::Principal {
+        subject: "ci-bot".into(),
+        client_id: Some("ci-bot".into()),
+        ..portcullis_engine::Principal::anonymous()
+    };
+    let keys = vec![portcullis_auth::ApiKey::new(&portcullis_auth::ApiKey::hash_hex(key), bot).unwrap()];
+    let s = start_with(move |o| {
+        o.auth = Some(HttpAuth {
+            verifier: Arc::new(Authenticator::new(vec![], Duration::from_secs(60), 100).with_api_keys(keys)),
+            resource: AUD.into(),
+            authorization_servers: vec![],
+            scopes_supported: vec![],
+        });
+    })
+    .await;
+    let r = init_with(&s, key).await;
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let r = init_with(&s, "pcl_wrong").await;
+    assert_eq!(r.status(), 401);
+    assert!(challenge(&r).contains("unknown API key"));
+    // A session created with the key is not usable with another key.
+    let r = post(&client(), &s.url())
+        .bearer_auth("pcl_wrong")
         .header("mcp-session-id", &sid)
-        .json(&call)
+        .json(&rpc(2, "ping", json!({})))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    // Alice's session is untouched.
-    let r = post(&c, &t.server.url())
-        .bearer_auth(&alice)
+    let r = post(&client(), &s.url())
+        .bearer_auth(key)
         .header("mcp-session-id", &sid)
-        .json(&call)
+        .json(&rpc(2, "ping", json!({})))
         .send()
         .await
         .unwrap();

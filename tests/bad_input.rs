@@ -23,58 +23,23 @@ async fn malformed_and_hostile_bodies_are_refused_clearly() {
     not_utf8.extend_from_slice(&[0xff, 0xfe]);
     not_utf8.extend_from_slice(br#""}}"#);
     let cases: Vec<(&str, Vec<u8>, u16, i64)> = vec![
-        (
-            "malformed JSON",
-            b"{\"jsonrpc\":\"2.0\",".to_vec(),
-            400,
-            -32700,
-        ),
+        ("malformed JSON", b"{\"jsonrpc\":\"2.0\",".to_vec(), 400, -32700),
         ("not JSON-RPC: a number", b"42".to_vec(), 400, -32600),
-        (
-            "not JSON-RPC: wrong version",
-            br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#.to_vec(),
-            400,
-            -32600,
-        ),
-        (
-            "not JSON-RPC: null id",
-            br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#.to_vec(),
-            400,
-            -32600,
-        ),
-        (
-            "nesting deeper than the limit",
-            deep.into_bytes(),
-            400,
-            -32700,
-        ),
+        ("not JSON-RPC: wrong version", br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#.to_vec(), 400, -32600),
+        ("not JSON-RPC: null id", br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#.to_vec(), 400, -32600),
+        ("nesting deeper than the limit", deep.into_bytes(), 400, -32700),
         ("invalid UTF-8", not_utf8, 400, -32700),
         ("empty body", Vec::new(), 400, -32700),
     ];
     for (name, body, status, code) in cases {
-        let r = post(&c, &s.url())
-            .header("mcp-session-id", &sid)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post(&c, &s.url()).header("mcp-session-id", &sid).body(body).send().await.unwrap();
         let (got, v) = error_of(r).await;
         assert_eq!(got, status, "{name}");
         assert_eq!(v["error"]["code"], code, "{name}: {v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{name}"
-        );
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}");
     }
     // The session survived all of it.
-    assert_eq!(
-        call(&c, &s.url(), &sid, &rpc(2, "ping", json!({})))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(call(&c, &s.url(), &sid, &rpc(2, "ping", json!({}))).await.status(), 200);
     assert_eq!(s.store.len(), 1);
 }
 
@@ -86,8 +51,7 @@ async fn body_over_the_limit_is_413_with_or_without_content_length() {
     let r = post(&c, &s.url()).json(&big).send().await.unwrap();
     assert_eq!(r.status(), 413);
     // Chunked, no Content-Length: the limit still holds while streaming.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..10).map(|_| Ok(vec![b' '; 512])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![b' '; 512])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let r = post(&c, &s.url()).body(body).send().await.unwrap();
     let (status, v) = error_of(r).await;
@@ -125,12 +89,7 @@ async fn transport_level_refusals() {
         .unwrap();
     assert_eq!(r.status(), 406);
     // Unknown session → 404; missing session → 400.
-    let r = post(&c, &s.url())
-        .header("mcp-session-id", "no-such-session")
-        .json(&ping)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &s.url()).header("mcp-session-id", "no-such-session").json(&ping).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let r = post(&c, &s.url()).json(&ping).send().await.unwrap();
     assert_eq!(r.status(), 400);
@@ -154,31 +113,16 @@ async fn transport_level_refusals() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // Liberal Accept: JSON only, SSE only, */*, none.
-    for accept in [
-        Some("application/json"),
-        Some("text/event-stream"),
-        Some("*/*"),
-        None,
-    ] {
-        let mut b = c
-            .post(s.url())
-            .header("content-type", "application/json")
-            .header("mcp-session-id", &sid);
+    for accept in [Some("application/json"), Some("text/event-stream"), Some("*/*"), None] {
+        let mut b = c.post(s.url()).header("content-type", "application/json").header("mcp-session-id", &sid);
         if let Some(a) = accept {
             b = b.header("accept", a);
         }
         let r = b.json(&ping).send().await.unwrap();
         assert_eq!(r.status(), 200, "{accept:?}");
-        assert!(
-            r.text().await.unwrap().contains("\"result\":{}"),
-            "{accept:?}"
-        );
+        assert!(r.text().await.unwrap().contains("\"result\":{}"), "{accept:?}");
     }
-    assert_eq!(
-        s.store.len(),
-        1,
-        "refusals neither created nor dropped sessions"
-    );
+    assert_eq!(s.store.len(), 1, "refusals neither created nor dropped sessions");
 }
 
 #[tokio::test]
@@ -190,26 +134,11 @@ async fn dns_rebinding_is_refused() {
         "initialize",
         json!({ "protocolVersion": LATEST, "capabilities": {}, "clientInfo": { "name": "x", "version": "0" } }),
     );
-    let r = post(&c, &s.url())
-        .header("origin", "http://evil.example.com")
-        .json(&init)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &s.url()).header("origin", "http://evil.example.com").json(&init).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    let r = post(&c, &s.url())
-        .header("host", "evil.example.com")
-        .json(&init)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &s.url()).header("host", "evil.example.com").json(&init).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    let r = post(&c, &s.url())
-        .header("origin", "http://localhost:5173")
-        .json(&init)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &s.url()).header("origin", "http://localhost:5173").json(&init).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(s.store.len(), 1);
 }
@@ -235,12 +164,7 @@ async fn a_modern_probe_gets_a_prompt_legacy_answer() {
     assert_eq!(status, 400);
     assert_eq!(v["id"], "probe-1");
     assert_eq!(v["error"]["code"], -32600);
-    assert!(
-        v["error"]["data"]["supported"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("2025-11-25"))
-    );
+    assert!(v["error"]["data"]["supported"].as_array().unwrap().contains(&json!("2025-11-25")));
     // Without the header it is just a request without a session.
     let r = post(&c, &s.url()).json(&probe).send().await.unwrap();
     assert_eq!(r.status(), 400);
@@ -252,91 +176,40 @@ async fn tool_argument_errors_are_tool_results_and_unknown_tools_are_protocol_er
     let s = start().await;
     let c = client();
     let sid = initialize(&c, &s.url(), LATEST).await;
+    let v: Value =
+        call(&c, &s.url(), &sid, &rpc(2, "tools/call", json!({ "name": "random_number", "arguments": { "min": 1 } })))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(v["result"]["isError"], true);
+    assert!(v["result"]["content"][0]["text"].as_str().unwrap().contains("\"max\" is a required property"), "{v}");
     let v: Value = call(
         &c,
         &s.url(),
         &sid,
-        &rpc(
-            2,
-            "tools/call",
-            json!({ "name": "random_number", "arguments": { "min": 1 } }),
-        ),
+        &rpc(3, "tools/call", json!({ "name": "random_number", "arguments": { "min": 9, "max": 2 } })),
     )
     .await
     .json()
     .await
     .unwrap();
     assert_eq!(v["result"]["isError"], true);
-    assert!(
-        v["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains("\"max\" is a required property"),
-        "{v}"
-    );
-    let v: Value = call(
-        &c,
-        &s.url(),
-        &sid,
-        &rpc(
-            3,
-            "tools/call",
-            json!({ "name": "random_number", "arguments": { "min": 9, "max": 2 } }),
-        ),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(v["result"]["isError"], true);
-    let v: Value = call(
-        &c,
-        &s.url(),
-        &sid,
-        &rpc(4, "tools/call", json!({ "name": "nope" })),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let v: Value =
+        call(&c, &s.url(), &sid, &rpc(4, "tools/call", json!({ "name": "nope" }))).await.json().await.unwrap();
     assert_eq!(v["error"]["code"], -32602);
-    let v: Value = call(
-        &c,
-        &s.url(),
-        &sid,
-        &rpc(5, "tools/list", json!({ "cursor": "garbage" })),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let v: Value =
+        call(&c, &s.url(), &sid, &rpc(5, "tools/list", json!({ "cursor": "garbage" }))).await.json().await.unwrap();
     assert_eq!(v["error"]["code"], -32602);
-    let v: Value = call(
-        &c,
-        &s.url(),
-        &sid,
-        &rpc(6, "resources/read", json!({ "uri": "portcullis://nope" })),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(v["error"]["code"], -32002);
-    let v: Value = call(
-        &c,
-        &s.url(),
-        &sid,
-        &rpc(7, "logging/setLevel", json!({ "level": "loud" })),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(v["error"]["code"], -32602);
-    let v: Value = call(&c, &s.url(), &sid, &rpc(8, "no/such/method", json!({})))
+    let v: Value = call(&c, &s.url(), &sid, &rpc(6, "resources/read", json!({ "uri": "portcullis://nope" })))
         .await
         .json()
         .await
         .unwrap();
+    assert_eq!(v["error"]["code"], -32002);
+    let v: Value =
+        call(&c, &s.url(), &sid, &rpc(7, "logging/setLevel", json!({ "level": "loud" }))).await.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32602);
+    let v: Value = call(&c, &s.url(), &sid, &rpc(8, "no/such/method", json!({}))).await.json().await.unwrap();
     assert_eq!(v["error"]["code"], -32601);
 }

@@ -15,38 +15,20 @@ async fn lifecycle_call_and_delete_then_404() {
     let s = start().await;
     let c = client();
     let sid = initialize(&c, &s.url(), LATEST).await;
-    let r = call(
-        &c,
-        &s.url(),
-        &sid,
-        &rpc(
-            2,
-            "tools/call",
-            json!({ "name": "echo", "arguments": { "message": "hi" } }),
-        ),
-    )
-    .await;
+    let r =
+        call(&c, &s.url(), &sid, &rpc(2, "tools/call", json!({ "name": "echo", "arguments": { "message": "hi" } })))
+            .await;
     assert_eq!(r.headers()["content-type"], "application/json");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["result"]["content"][0]["text"], "hi");
     assert_eq!(s.store.len(), 1);
 
-    let r = c
-        .delete(s.url())
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(s.url()).header("mcp-session-id", &sid).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(s.store.len(), 0);
     let r = call(&c, &s.url(), &sid, &rpc(3, "ping", json!({}))).await;
     assert_eq!(r.status(), 404);
-    let r = c
-        .delete(s.url())
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(s.url()).header("mcp-session-id", &sid).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -58,15 +40,9 @@ async fn versions_are_negotiated() {
         initialize(&c, &s.url(), v).await;
     }
     // An unknown version gets our latest.
-    let params = json!({ "protocolVersion": "2099-01-01", "capabilities": {}, "clientInfo": { "name": "x", "version": "0" } });
-    let v: Value = post(&c, &s.url())
-        .json(&rpc(1, "initialize", params))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let params =
+        json!({ "protocolVersion": "2099-01-01", "capabilities": {}, "clientInfo": { "name": "x", "version": "0" } });
+    let v: Value = post(&c, &s.url()).json(&rpc(1, "initialize", params)).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["result"]["protocolVersion"], LATEST);
 }
 
@@ -75,13 +51,7 @@ async fn a_handler_that_emits_first_answers_with_sse() {
     let s = start().await;
     let c = client();
     let sid = initialize(&c, &s.url(), LATEST).await;
-    let r = call(
-        &c,
-        &s.url(),
-        &sid,
-        &rpc(7, "tools/call", json!({ "name": "chatty" })),
-    )
-    .await;
+    let r = call(&c, &s.url(), &sid, &rpc(7, "tools/call", json!({ "name": "chatty" }))).await;
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     assert_eq!(r.headers()["x-accel-buffering"], "no");
     let events = sse_events(&r.text().await.unwrap());
@@ -91,10 +61,7 @@ async fn a_handler_that_emits_first_answers_with_sse() {
     let mut unique = ids.clone();
     unique.dedup();
     assert_eq!(ids, unique);
-    let msgs: Vec<Value> = events[1..]
-        .iter()
-        .map(|e| serde_json::from_str(&e.1).unwrap())
-        .collect();
+    let msgs: Vec<Value> = events[1..].iter().map(|e| serde_json::from_str(&e.1).unwrap()).collect();
     assert_eq!(msgs.len(), 3);
     assert_eq!(msgs[0]["method"], "notifications/message");
     assert_eq!(msgs[1]["params"]["data"], "two");
@@ -126,18 +93,9 @@ async fn a_closed_stream_resumes_with_last_event_id() {
     let s = start().await;
     let c = client();
     let sid = initialize(&c, &s.url(), LATEST).await;
-    let r = call(
-        &c,
-        &s.url(),
-        &sid,
-        &rpc(9, "tools/call", json!({ "name": "poll" })),
-    )
-    .await;
+    let r = call(&c, &s.url(), &sid, &rpc(9, "tools/call", json!({ "name": "poll" }))).await;
     let first = sse_events(&r.text().await.unwrap());
-    assert!(
-        first.iter().all(|(_, d)| !d.contains("after reconnect")),
-        "{first:?}"
-    );
+    assert!(first.iter().all(|(_, d)| !d.contains("after reconnect")), "{first:?}");
     let last_id = first.last().unwrap().0.clone().unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = c
@@ -154,10 +112,7 @@ async fn a_closed_stream_resumes_with_last_event_id() {
     assert_eq!(result["id"], 9);
     assert_eq!(result["result"]["content"][0]["text"], "after reconnect");
     // Nothing replayed twice.
-    assert!(
-        rest.iter()
-            .all(|(id, _)| id.as_deref() != Some(last_id.as_str()))
-    );
+    assert!(rest.iter().all(|(id, _)| id.as_deref() != Some(last_id.as_str())));
 }
 
 #[tokio::test]
@@ -167,33 +122,21 @@ async fn cancellation_stops_the_handler_and_a_disconnect_does_not() {
     let sid = initialize(&c, &s.url(), LATEST).await;
 
     // A disconnect (client timeout) leaves the handler running.
-    let short = reqwest::Client::builder()
-        .timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
+    let short = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
     let timed_out = post(&short, &s.url())
         .header("mcp-session-id", &sid)
         .json(&rpc(20, "tools/call", json!({ "name": "hang" })))
         .send()
         .await;
-    assert!(
-        timed_out.is_err(),
-        "the client gave up before the handler finished"
-    );
+    assert!(timed_out.is_err(), "the client gave up before the handler finished");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        !s.cancelled.load(Ordering::SeqCst),
-        "a disconnect must not cancel the handler"
-    );
+    assert!(!s.cancelled.load(Ordering::SeqCst), "a disconnect must not cancel the handler");
 
     // notifications/cancelled stops it.
     let note = json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": 20, "reason": "test" } });
     assert_eq!(call(&c, &s.url(), &sid, &note).await.status(), 202);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        s.cancelled.load(Ordering::SeqCst),
-        "cancellation must stop the handler"
-    );
+    assert!(s.cancelled.load(Ordering::SeqCst), "cancellation must stop the handler");
 }
 
 #[tokio::test]
@@ -205,13 +148,7 @@ async fn server_to_client_requests_round_trip() {
     let c2 = c.clone();
     let sid2 = sid.clone();
     let pending = tokio::spawn(async move {
-        let r = call(
-            &c2,
-            &url,
-            &sid2,
-            &rpc(30, "tools/call", json!({ "name": "ask" })),
-        )
-        .await;
+        let r = call(&c2, &url, &sid2, &rpc(30, "tools/call", json!({ "name": "ask" }))).await;
         r.text().await.unwrap()
     });
     // Read the request off the stream as it arrives: find it by polling the resumable stream.
@@ -232,22 +169,12 @@ async fn batches_only_on_2025_03_26_sessions() {
     let c = client();
     let batch = json!([rpc(2, "ping", json!({})), { "jsonrpc": "2.0", "method": "notifications/initialized" }, rpc(3, "tools/list", json!({}))]);
     let old = initialize(&c, &s.url(), "2025-03-26").await;
-    let r = post(&c, &s.url())
-        .header("mcp-session-id", &old)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &s.url()).header("mcp-session-id", &old).json(&batch).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
     let new = initialize(&c, &s.url(), LATEST).await;
-    let r = post(&c, &s.url())
-        .header("mcp-session-id", &new)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &s.url()).header("mcp-session-id", &new).json(&batch).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], -32600);
@@ -263,22 +190,14 @@ async fn the_session_limit_and_idle_expiry_hold() {
     let c = client();
     let a = initialize(&c, &s.url(), LATEST).await;
     initialize(&c, &s.url(), LATEST).await;
-    let params = json!({ "protocolVersion": LATEST, "capabilities": {}, "clientInfo": { "name": "x", "version": "0" } });
-    let r = post(&c, &s.url())
-        .json(&rpc(1, "initialize", params))
-        .send()
-        .await
-        .unwrap();
+    let params =
+        json!({ "protocolVersion": LATEST, "capabilities": {}, "clientInfo": { "name": "x", "version": "0" } });
+    let r = post(&c, &s.url()).json(&rpc(1, "initialize", params)).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(s.store.len(), 0, "idle sessions expire");
-    assert_eq!(
-        call(&c, &s.url(), &a, &rpc(2, "ping", json!({})))
-            .await
-            .status(),
-        404
-    );
+    assert_eq!(call(&c, &s.url(), &a, &rpc(2, "ping", json!({}))).await.status(), 404);
 }
 
 #[tokio::test]
@@ -286,25 +205,11 @@ async fn list_changed_and_resource_updates_reach_the_standalone_stream() {
     let s = start().await;
     let c = client();
     let sid = initialize(&c, &s.url(), LATEST).await;
-    let r2 = call(
-        &c,
-        &s.url(),
-        &sid,
-        &rpc(
-            5,
-            "resources/subscribe",
-            json!({ "uri": "portcullis://demo/readme" }),
-        ),
-    )
-    .await;
+    let r2 =
+        call(&c, &s.url(), &sid, &rpc(5, "resources/subscribe", json!({ "uri": "portcullis://demo/readme" }))).await;
     assert_eq!(r2.status(), 200);
-    let mut r = c
-        .get(s.url())
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
+    let mut r =
+        c.get(s.url()).header("accept", "text/event-stream").header("mcp-session-id", &sid).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let first = r.chunk().await.unwrap().unwrap();
     assert!(std::str::from_utf8(&first).unwrap().starts_with("id: 0-0"));
@@ -318,31 +223,14 @@ async fn list_changed_and_resource_updates_reach_the_standalone_stream() {
     s.registry.resource_updated("portcullis://not-subscribed");
     let mut seen = String::new();
     while !seen.contains("resources/updated") {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), r.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(5), r.chunk()).await.unwrap().unwrap().unwrap();
         seen.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     assert!(seen.contains("notifications/tools/list_changed"), "{seen}");
-    assert!(
-        seen.contains("portcullis://demo/readme") && !seen.contains("not-subscribed"),
-        "{seen}"
-    );
+    assert!(seen.contains("portcullis://demo/readme") && !seen.contains("not-subscribed"), "{seen}");
     // The new tool is listed.
-    let v: Value = call(&c, &s.url(), &sid, &rpc(6, "tools/list", json!({})))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        v["result"]["tools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["name"] == "late_tool")
-    );
+    let v: Value = call(&c, &s.url(), &sid, &rpc(6, "tools/list", json!({}))).await.json().await.unwrap();
+    assert!(v["result"]["tools"].as_array().unwrap().iter().any(|t| t["name"] == "late_tool"));
 }
 
 #[tokio::test]
@@ -350,51 +238,29 @@ async fn graceful_shutdown_ends_open_streams() {
     let s = start().await;
     let c = client();
     let sid = initialize(&c, &s.url(), LATEST).await;
-    let r = c
-        .get(s.url())
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(s.url()).header("accept", "text/event-stream").header("mcp-session-id", &sid).send().await.unwrap();
     let reader = tokio::spawn(async move { r.text().await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let done = tokio::time::timeout(Duration::from_secs(5), s.shutdown()).await;
     assert!(done.is_ok(), "shutdown must not hang on an open SSE stream");
-    assert!(
-        tokio::time::timeout(Duration::from_secs(5), reader)
-            .await
-            .is_ok()
-    );
+    assert!(tokio::time::timeout(Duration::from_secs(5), reader).await.is_ok());
 }
 
 #[tokio::test]
 async fn legacy_sse_transport_round_trip() {
     let s = start().await;
     let c = client();
-    let mut stream = c
-        .get(format!("{}/sse", s.base))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let mut stream = c.get(format!("{}/sse", s.base)).header("accept", "text/event-stream").send().await.unwrap();
     assert_eq!(stream.status(), 200);
     let mut buf = String::new();
     while !buf.contains("\n\n") {
         buf.push_str(std::str::from_utf8(&stream.chunk().await.unwrap().unwrap()).unwrap());
     }
-    assert!(
-        buf.starts_with("event: endpoint\ndata: /message?sessionId="),
-        "{buf}"
-    );
-    let endpoint = buf
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim_start_matches("data: ")
-        .to_owned();
+    assert!(buf.starts_with("event: endpoint\ndata: /message?sessionId="), "{buf}");
+    let endpoint = buf.lines().nth(1).unwrap().trim_start_matches("data: ").to_owned();
     let url = format!("{}{endpoint}", s.base);
-    let params = json!({ "protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": { "name": "x", "version": "0" } });
+    let params =
+        json!({ "protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": { "name": "x", "version": "0" } });
     let r = c
         .post(&url)
         .header("content-type", "application/json")
@@ -406,11 +272,7 @@ async fn legacy_sse_transport_round_trip() {
     let r = c
         .post(&url)
         .header("content-type", "application/json")
-        .json(&rpc(
-            2,
-            "tools/call",
-            json!({ "name": "echo", "arguments": { "message": "legacy" } }),
-        ))
+        .json(&rpc(2, "tools/call", json!({ "name": "echo", "arguments": { "message": "legacy" } })))
         .send()
         .await
         .unwrap();

@@ -25,11 +25,7 @@ use serde_json::json;
 const RESOURCE: &str = "http://portcullis.test/mcp";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn idp(args: &[&str], env: &[(&str, String)]) -> String {
@@ -40,11 +36,7 @@ fn idp(args: &[&str], env: &[(&str, String)]) -> String {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run scripts/idp.sh");
-    assert!(
-        out.status.success(),
-        "idp.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "idp.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -99,21 +91,10 @@ async fn tokens_from_oidc_provider() {
     let _guard = Idps(vec![main, short, early, stranger]);
     let resources = format!("{RESOURCE},http://elsewhere.test/mcp");
     let base = [("MCP_RESOURCE", resources.clone())];
-    let main_iss = idp(
-        &["start", &main.to_string()],
-        &[
-            base[0].clone(),
-            ("IDP_KEY_FILE", key_file.display().to_string()),
-        ],
-    );
-    let short_iss = idp(
-        &["start", &short.to_string()],
-        &[base[0].clone(), ("IDP_TOKEN_TTL", "1".into())],
-    );
-    let early_iss = idp(
-        &["start", &early.to_string()],
-        &[base[0].clone(), ("IDP_NBF_OFFSET", "3600".into())],
-    );
+    let main_iss =
+        idp(&["start", &main.to_string()], &[base[0].clone(), ("IDP_KEY_FILE", key_file.display().to_string())]);
+    let short_iss = idp(&["start", &short.to_string()], &[base[0].clone(), ("IDP_TOKEN_TTL", "1".into())]);
+    let early_iss = idp(&["start", &early.to_string()], &[base[0].clone(), ("IDP_NBF_OFFSET", "3600".into())]);
     idp(&["start", &stranger.to_string()], &base);
 
     let issuers = vec![
@@ -135,16 +116,8 @@ async fn tokens_from_oidc_provider() {
     let try_token = |token: String| {
         let (c, url) = (c.clone(), s.url());
         async move {
-            let r = post(&c, &url)
-                .bearer_auth(&token)
-                .json(&init())
-                .send()
-                .await
-                .unwrap();
-            let challenge = r
-                .headers()
-                .get("www-authenticate")
-                .map(|v| v.to_str().unwrap().to_owned());
+            let r = post(&c, &url).bearer_auth(&token).json(&init()).send().await.unwrap();
+            let challenge = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
             (r.status().as_u16(), challenge.unwrap_or_default())
         }
     };
@@ -154,24 +127,9 @@ async fn tokens_from_oidc_provider() {
     assert_eq!(try_token(good.clone()).await.0, 200);
 
     let cases = [
-        (
-            "wrong audience",
-            idp(
-                &["token", &main.to_string(), "http://elsewhere.test/mcp"],
-                &[],
-            ),
-            "audience",
-        ),
-        (
-            "not yet valid",
-            idp(&["token", &early.to_string(), RESOURCE], &[]),
-            "not yet valid",
-        ),
-        (
-            "wrong issuer",
-            idp(&["token", &stranger.to_string(), RESOURCE], &[]),
-            "issuer",
-        ),
+        ("wrong audience", idp(&["token", &main.to_string(), "http://elsewhere.test/mcp"], &[]), "audience"),
+        ("not yet valid", idp(&["token", &early.to_string(), RESOURCE], &[]), "not yet valid"),
+        ("wrong issuer", idp(&["token", &stranger.to_string(), RESOURCE], &[]), "issuer"),
         (
             "tampered signature",
             {
@@ -186,14 +144,8 @@ async fn tokens_from_oidc_provider() {
     for (name, token, why) in cases {
         let (status, challenge) = try_token(token).await;
         assert_eq!(status, 401, "{name}");
-        assert!(
-            challenge.contains("error=\"invalid_token\"") && challenge.contains(why),
-            "{name}: {challenge}"
-        );
-        assert!(
-            challenge.contains("resource_metadata="),
-            "{name}: {challenge}"
-        );
+        assert!(challenge.contains("error=\"invalid_token\"") && challenge.contains(why), "{name}: {challenge}");
+        assert!(challenge.contains("resource_metadata="), "{name}: {challenge}");
     }
     let expiring = idp(&["token", &short.to_string(), RESOURCE], &[]);
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -204,19 +156,9 @@ async fn tokens_from_oidc_provider() {
     // The provider rotates its key (restart with a new one); Portcullis keeps running.
     idp(&["stop", &main.to_string()], &[]);
     std::fs::remove_file(&key_file).unwrap();
-    idp(
-        &["start", &main.to_string()],
-        &[
-            base[0].clone(),
-            ("IDP_KEY_FILE", key_file.display().to_string()),
-        ],
-    );
+    idp(&["start", &main.to_string()], &[base[0].clone(), ("IDP_KEY_FILE", key_file.display().to_string())]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let rotated = idp(&["token", &main.to_string(), RESOURCE], &[]);
-    assert_eq!(
-        try_token(rotated).await.0,
-        200,
-        "a token signed with the new key is accepted"
-    );
+    assert_eq!(try_token(rotated).await.0, 200, "a token signed with the new key is accepted");
     std::fs::remove_dir_all(&dir).unwrap();
 }

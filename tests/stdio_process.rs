@@ -32,25 +32,17 @@ fn stdio_serves_then_exits_on_eof() {
     drop(stdin);
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "exits promptly on EOF"
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "exits promptly on EOF");
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let msgs: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("stdout holds only JSON-RPC"))
-        .collect();
+    let msgs: Vec<Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).expect("stdout holds only JSON-RPC")).collect();
     assert_eq!(msgs.len(), 4, "{stdout}");
     let by_id = |id: i64| msgs.iter().find(|m| m["id"] == id).unwrap();
     assert_eq!(by_id(1)["result"]["protocolVersion"], "2025-11-25");
     assert_eq!(by_id(2)["result"]["content"][0]["text"], "over stdio");
     assert_eq!(by_id(3)["result"], serde_json::json!({}));
-    assert!(
-        msgs.iter()
-            .any(|m| m["error"]["code"] == -32700 && m["id"].is_null())
-    );
+    assert!(msgs.iter().any(|m| m["error"]["code"] == -32700 && m["id"].is_null()));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("stdio"), "logs go to stderr: {stderr}");
 }
@@ -61,27 +53,12 @@ fn a_bad_config_file_names_the_key_and_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bad.toml");
     std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:0\"\nmax_body = 5\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&file).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains("line 3") && err.contains("max_body") && err.contains("bad.toml"),
-        "{err}"
-    );
-    let out = Command::new(BIN)
-        .args(["check-config"])
-        .arg(dir.join("missing.toml"))
-        .output()
-        .unwrap();
+    assert!(err.contains("line 3") && err.contains("max_body") && err.contains("bad.toml"), "{err}");
+    let out = Command::new(BIN).args(["check-config"]).arg(dir.join("missing.toml")).output().unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8(out.stderr)
-            .unwrap()
-            .contains("cannot read config file")
-    );
+    assert!(String::from_utf8(out.stderr).unwrap().contains("cannot read config file"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

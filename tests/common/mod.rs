@@ -75,14 +75,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut HttpOptions)) -> Server {
         },
         Duration::from_secs(2),
     ));
-    Server {
-        base,
-        store,
-        cancelled,
-        registry,
-        stop: Some(tx),
-        task: Some(task),
-    }
+    Server { base, store, cancelled, registry, stop: Some(tx), task: Some(task) }
 }
 
 fn register_test_tools(r: &Registry, cancelled: Arc<AtomicBool>) {
@@ -127,13 +120,7 @@ fn register_test_tools(r: &Registry, cancelled: Arc<AtomicBool>) {
     r.add_tool(
         Tool::new("ask", "Asks the client for a sampling completion")
             .handler(|c| async move {
-                let r = c
-                    .ctx
-                    .request(
-                        "sampling/createMessage",
-                        &json!({ "messages": [], "maxTokens": 5 }),
-                    )
-                    .await;
+                let r = c.ctx.request("sampling/createMessage", &json!({ "messages": [], "maxTokens": 5 })).await;
                 Ok(ToolOutput::text(match r {
                     Ok(v) => format!("client said {}", v["content"]["text"]),
                     Err(e) => format!("error {}", e.code),
@@ -144,10 +131,7 @@ fn register_test_tools(r: &Registry, cancelled: Arc<AtomicBool>) {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 pub fn rpc(id: u64, method: &str, params: Value) -> Value {
@@ -155,9 +139,7 @@ pub fn rpc(id: u64, method: &str, params: Value) -> Value {
 }
 
 pub fn post(c: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
-    c.post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
+    c.post(url).header("content-type", "application/json").header("accept", "application/json, text/event-stream")
 }
 
 /// Initializes a session at `version`; returns its id.
@@ -167,16 +149,9 @@ pub async fn initialize(c: &reqwest::Client, url: &str, version: &str) -> String
         "capabilities": { "sampling": {} },
         "clientInfo": { "name": "test", "version": "0" }
     });
-    let resp = post(c, url)
-        .json(&rpc(1, "initialize", params))
-        .send()
-        .await
-        .unwrap();
+    let resp = post(c, url).json(&rpc(1, "initialize", params)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let sid = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["result"]["protocolVersion"], version);
     let resp = post(c, url)
@@ -191,13 +166,7 @@ pub async fn initialize(c: &reqwest::Client, url: &str, version: &str) -> String
 
 /// Sends a request on a session and returns the HTTP response.
 pub async fn call(c: &reqwest::Client, url: &str, sid: &str, body: &Value) -> reqwest::Response {
-    post(c, url)
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", LATEST)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    post(c, url).header("mcp-session-id", sid).header("mcp-protocol-version", LATEST).json(body).send().await.unwrap()
 }
 
 /// Parses an SSE body into (id, data) events, skipping comments.

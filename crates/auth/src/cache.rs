@@ -20,11 +20,7 @@ pub struct TokenCache {
 impl TokenCache {
     /// A cache trusting entries for at most `ttl`, holding at most `max`.
     pub fn new(ttl: Duration, max: usize) -> Self {
-        Self {
-            ttl,
-            max,
-            map: Mutex::default(),
-        }
+        Self { ttl, max, map: Mutex::default() }
     }
 
     fn key(token: &str) -> [u8; 32] {
@@ -35,9 +31,7 @@ impl TokenCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Principal, Instant)>> {
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The principal of a token verified earlier and not yet expired.
@@ -65,9 +59,7 @@ impl TokenCache {
         let now = Instant::now();
         let mut life = self.ttl;
         if let Some(exp) = principal.expires_at {
-            let now_unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             life = life.min(Duration::from_secs(exp.saturating_sub(now_unix)));
         }
         if life.is_zero() {
@@ -106,10 +98,7 @@ mod tests {
     use super::*;
 
     fn principal(exp: Option<u64>) -> Principal {
-        Principal {
-            expires_at: exp,
-            ..Principal::anonymous()
-        }
+        Principal { expires_at: exp, ..Principal::anonymous() }
     }
 
     #[test]

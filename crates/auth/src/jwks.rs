@@ -65,9 +65,7 @@ impl Jwks {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> (Option<DecodingKey>, bool) {
@@ -103,16 +101,11 @@ impl Jwks {
         let _one_at_a_time = self.fetching.lock().await;
         {
             let s = self.read();
-            if s.last_fetch
-                .is_some_and(|t| t.elapsed() < self.opts.min_refetch)
-            {
+            if s.last_fetch.is_some_and(|t| t.elapsed() < self.opts.min_refetch) {
                 return Ok(());
             }
         }
-        self.state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .last_fetch = Some(Instant::now());
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner).last_fetch = Some(Instant::now());
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let (set, max_age) = self.fetch().await.inspect_err(|e| {
             tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed");
@@ -121,20 +114,12 @@ impl Jwks {
             .keys
             .iter()
             .filter_map(|jwk| {
-                let alg = jwk
-                    .common
-                    .key_algorithm
-                    .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-                DecodingKey::from_jwk(jwk)
-                    .ok()
-                    .map(|d| (jwk.common.key_id.clone(), alg, d))
+                let alg = jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok());
+                DecodingKey::from_jwk(jwk).ok().map(|d| (jwk.common.key_id.clone(), alg, d))
             })
             .collect();
         let ttl = max_age.map_or(self.opts.max_age, |m| m.min(self.opts.max_age));
-        let mut s = self
-            .state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         s.keys = keys;
         s.fresh_until = Some(Instant::now() + ttl);
         Ok(())
@@ -150,29 +135,20 @@ impl Jwks {
             .await
             .map_err(|e| unavailable(format!("cannot fetch the signing keys: {e}")))?;
         if !resp.status().is_success() {
-            return Err(unavailable(format!(
-                "signing keys endpoint answered {}",
-                resp.status()
-            )));
+            return Err(unavailable(format!("signing keys endpoint answered {}", resp.status())));
         }
         let max_age = resp
             .headers()
             .get(reqwest::header::CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.split(',')
-                    .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
-            })
+            .and_then(|v| v.split(',').find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok()))
             .map(Duration::from_secs);
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| unavailable(format!("reading the signing keys: {e}")))?;
+        let body = resp.bytes().await.map_err(|e| unavailable(format!("reading the signing keys: {e}")))?;
         if body.len() > MAX_JWKS_BYTES {
             return Err(unavailable("signing keys document too large".into()));
         }
-        let set: JwkSet = serde_json::from_slice(&body)
-            .map_err(|e| unavailable(format!("signing keys are not a JWK set: {e}")))?;
+        let set: JwkSet =
+            serde_json::from_slice(&body).map_err(|e| unavailable(format!("signing keys are not a JWK set: {e}")))?;
         Ok((set, max_age))
     }
 }

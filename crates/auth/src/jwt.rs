@@ -100,15 +100,12 @@ impl Issuer {
         claims: ClaimMapping,
     ) -> Result<Self, JwtError> {
         if algorithms.is_empty() {
-            return Err(JwtError::Config(format!(
-                "issuer {issuer}: no algorithms allowed"
-            )));
+            return Err(JwtError::Config(format!("issuer {issuer}: no algorithms allowed")));
         }
         if audiences.is_empty() {
             return Err(JwtError::Config(format!("issuer {issuer}: no audiences")));
         }
-        let hmac =
-            |a: &Algorithm| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        let hmac = |a: &Algorithm| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
         match keys {
             IssuerKeys::Secret(_) if !algorithms.iter().all(hmac) => {
                 return Err(JwtError::Config(format!(
@@ -122,14 +119,7 @@ impl Issuer {
             }
             _ => {}
         }
-        Ok(Self {
-            issuer,
-            audiences,
-            algorithms,
-            leeway,
-            keys,
-            claims,
-        })
+        Ok(Self { issuer, audiences, algorithms, leeway, keys, claims })
     }
 
     /// The `iss` value this issuer signs with.
@@ -177,32 +167,28 @@ impl Issuer {
 
 fn check(token: &str, key: &DecodingKey, v: &Validation) -> Result<Map<String, Value>, JwtError> {
     use jsonwebtoken::errors::ErrorKind as K;
-    decode::<Map<String, Value>>(token, key, v)
-        .map(|d| d.claims)
-        .map_err(|e| match e.kind() {
-            K::InvalidSignature => JwtError::Signature,
-            K::ExpiredSignature => JwtError::Expired,
-            K::ImmatureSignature => JwtError::NotYetValid,
-            K::InvalidAudience => JwtError::Audience,
-            K::InvalidIssuer => JwtError::Issuer,
-            K::MissingRequiredClaim(c) => JwtError::MissingClaim(match c.as_str() {
-                "exp" => "exp",
-                "iss" => "iss",
-                "aud" => "aud",
-                "sub" => "sub",
-                _ => "required",
-            }),
-            K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => JwtError::Malformed,
-            _ => JwtError::Invalid,
-        })
+    decode::<Map<String, Value>>(token, key, v).map(|d| d.claims).map_err(|e| match e.kind() {
+        K::InvalidSignature => JwtError::Signature,
+        K::ExpiredSignature => JwtError::Expired,
+        K::ImmatureSignature => JwtError::NotYetValid,
+        K::InvalidAudience => JwtError::Audience,
+        K::InvalidIssuer => JwtError::Issuer,
+        K::MissingRequiredClaim(c) => JwtError::MissingClaim(match c.as_str() {
+            "exp" => "exp",
+            "iss" => "iss",
+            "aud" => "aud",
+            "sub" => "sub",
+            _ => "required",
+        }),
+        K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => JwtError::Malformed,
+        _ => JwtError::Invalid,
+    })
 }
 
 /// Reads `iss` from the payload without verifying anything (to pick the issuer to verify with).
 pub fn peek_issuer(token: &str) -> Option<String> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     #[derive(serde::Deserialize)]
     struct Iss {
         iss: String,
@@ -211,22 +197,14 @@ pub fn peek_issuer(token: &str) -> Option<String> {
 }
 
 fn principal(claims: &Map<String, Value>, mapping: &ClaimMapping) -> Result<Principal, JwtError> {
-    let subject = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .ok_or(JwtError::MissingClaim("sub"))?
-        .to_owned();
-    let client_id = ["client_id", "azp", "cid"]
-        .iter()
-        .find_map(|k| claims.get(*k).and_then(Value::as_str))
-        .map(str::to_owned);
+    let subject = claims.get("sub").and_then(Value::as_str).ok_or(JwtError::MissingClaim("sub"))?.to_owned();
+    let client_id =
+        ["client_id", "azp", "cid"].iter().find_map(|k| claims.get(*k).and_then(Value::as_str)).map(str::to_owned);
     let mut scopes = Vec::new();
     for path in &mapping.scopes {
         match lookup(claims, path) {
             Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
-            Some(Value::Array(a)) => {
-                scopes.extend(a.iter().filter_map(Value::as_str).map(str::to_owned))
-            }
+            Some(Value::Array(a)) => scopes.extend(a.iter().filter_map(Value::as_str).map(str::to_owned)),
             _ => {}
         }
     }
@@ -234,9 +212,7 @@ fn principal(claims: &Map<String, Value>, mapping: &ClaimMapping) -> Result<Prin
     for path in &mapping.roles {
         match lookup(claims, path) {
             Some(Value::String(s)) => roles.push(s.clone()),
-            Some(Value::Array(a)) => {
-                roles.extend(a.iter().filter_map(Value::as_str).map(str::to_owned))
-            }
+            Some(Value::Array(a)) => roles.extend(a.iter().filter_map(Value::as_str).map(str::to_owned)),
             _ => {}
         }
     }
@@ -245,12 +221,7 @@ fn principal(claims: &Map<String, Value>, mapping: &ClaimMapping) -> Result<Prin
     roles.sort();
     roles.dedup();
     Ok(Principal {
-        tenant: mapping
-            .tenant
-            .as_deref()
-            .and_then(|p| lookup(claims, p))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        tenant: mapping.tenant.as_deref().and_then(|p| lookup(claims, p)).and_then(Value::as_str).map(str::to_owned),
         subject,
         client_id,
         scopes,
@@ -272,10 +243,6 @@ fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
 
 impl Default for ClaimMapping {
     fn default() -> Self {
-        Self {
-            tenant: None,
-            roles: vec!["roles".into()],
-            scopes: vec!["scope".into(), "scp".into()],
-        }
+        Self { tenant: None, roles: vec!["roles".into()], scopes: vec!["scope".into(), "scp".into()] }
     }
 }

@@ -10,6 +10,7 @@
 //! [`Authenticator`] ties them together and implements the engine's `TokenVerifier`. Nothing in
 //! this crate logs, returns or formats a token; errors say what was wrong, not what was sent.
 
+pub mod apikey;
 pub mod cache;
 pub mod jwks;
 pub mod jwt;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use portcullis_engine::{AuthFailure, BoxFuture, Principal, TokenVerifier};
 
+pub use apikey::ApiKey;
 pub use cache::TokenCache;
 pub use jwks::{Jwks, JwksOptions};
 pub use jwt::{ClaimMapping, Issuer, IssuerKeys, JwtError};
@@ -29,6 +31,7 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Verifies bearer tokens against the configured issuers, with a verified-token cache.
 pub struct Authenticator {
     issuers: Vec<Issuer>,
+    api_keys: Vec<ApiKey>,
     cache: TokenCache,
 }
 
@@ -38,25 +41,30 @@ impl Authenticator {
     /// An authenticator over `issuers`; `cache_ttl` bounds how long a verified token is trusted
     /// without re-verification (never past its `exp`), `cache_entries` the cache size.
     pub fn new(issuers: Vec<Issuer>, cache_ttl: Duration, cache_entries: usize) -> Self {
-        Self {
-            issuers,
-            cache: TokenCache::new(cache_ttl, cache_entries),
-        }
+        Self { issuers, api_keys: Vec::new(), cache: TokenCache::new(cache_ttl, cache_entries) }
+    }
+
+    /// Adds service-account API keys (checked for bearer tokens that are not JWTs).
+    #[must_use]
+    pub fn with_api_keys(mut self, keys: Vec<ApiKey>) -> Self {
+        self.api_keys = keys;
+        self
     }
 
     /// Verifies one token.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthFailure> {
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthFailure::Invalid(format!(
-                "token longer than {MAX_TOKEN_BYTES} bytes"
-            )));
+            return Err(AuthFailure::Invalid(format!("token longer than {MAX_TOKEN_BYTES} bytes")));
         }
         if let Some(p) = self.cache.get(token) {
             return Ok(p);
         }
+        // A JWT has exactly two dots; anything else can only be an API key.
+        if token.bytes().filter(|&b| b == b'.').count() != 2 {
+            return apikey::find(&self.api_keys, token).ok_or_else(|| AuthFailure::Invalid("unknown API key".into()));
+        }
         // Route by the unverified `iss`; the signature check below is what makes it trusted.
-        let iss = jwt::peek_issuer(token)
-            .ok_or_else(|| AuthFailure::Invalid("malformed token".into()))?;
+        let iss = jwt::peek_issuer(token).ok_or_else(|| AuthFailure::Invalid("malformed token".into()))?;
         let issuer = self
             .issuers
             .iter()
@@ -79,9 +87,7 @@ impl TokenVerifier for Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator")
-            .field("issuers", &self.issuers.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Authenticator").field("issuers", &self.issuers.len()).finish_non_exhaustive()
     }
 }
 

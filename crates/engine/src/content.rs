@@ -104,18 +104,12 @@ impl Content {
 
     /// An image block from base64 data.
     pub fn image(data: impl Into<String>, mime_type: impl Into<String>) -> Self {
-        Self::Image {
-            data: data.into(),
-            mime_type: mime_type.into(),
-        }
+        Self::Image { data: data.into(), mime_type: mime_type.into() }
     }
 
     /// An audio block from base64 data.
     pub fn audio(data: impl Into<String>, mime_type: impl Into<String>) -> Self {
-        Self::Audio {
-            data: data.into(),
-            mime_type: mime_type.into(),
-        }
+        Self::Audio { data: data.into(), mime_type: mime_type.into() }
     }
 
     /// An embedded resource block.
@@ -128,31 +122,13 @@ impl Content {
 
 impl ResourceContents {
     /// Text contents.
-    pub fn text(
-        uri: impl Into<String>,
-        mime_type: impl Into<String>,
-        text: impl Into<String>,
-    ) -> Self {
-        Self {
-            uri: uri.into(),
-            mime_type: Some(mime_type.into()),
-            text: Some(text.into()),
-            blob: None,
-        }
+    pub fn text(uri: impl Into<String>, mime_type: impl Into<String>, text: impl Into<String>) -> Self {
+        Self { uri: uri.into(), mime_type: Some(mime_type.into()), text: Some(text.into()), blob: None }
     }
 
     /// Binary contents, already base64.
-    pub fn blob(
-        uri: impl Into<String>,
-        mime_type: impl Into<String>,
-        base64: impl Into<String>,
-    ) -> Self {
-        Self {
-            uri: uri.into(),
-            mime_type: Some(mime_type.into()),
-            text: None,
-            blob: Some(base64.into()),
-        }
+    pub fn blob(uri: impl Into<String>, mime_type: impl Into<String>, base64: impl Into<String>) -> Self {
+        Self { uri: uri.into(), mime_type: Some(mime_type.into()), text: None, blob: Some(base64.into()) }
     }
 }
 
@@ -161,38 +137,24 @@ impl ResourceContents {
 impl ToolOutput {
     /// A result with one text block.
     pub fn text(text: impl Into<String>) -> Self {
-        Self {
-            content: vec![Content::text(text)],
-            ..Self::default()
-        }
+        Self { content: vec![Content::text(text)], ..Self::default() }
     }
 
     /// A tool error the model can read and act on (2025-11-25 server/tools §Error Handling).
     pub fn error(message: impl Into<String>) -> Self {
-        Self {
-            content: vec![Content::text(message)],
-            structured: None,
-            is_error: true,
-        }
+        Self { content: vec![Content::text(message)], structured: None, is_error: true }
     }
 
     /// A structured result; the JSON text is also given as a text block for older clients
     /// (2025-06-18 server/tools §Structured Content).
     pub fn structured(value: Value) -> Self {
         let text = value.to_string();
-        Self {
-            content: vec![Content::text(text)],
-            structured: Some(value),
-            is_error: false,
-        }
+        Self { content: vec![Content::text(text)], structured: Some(value), is_error: false }
     }
 
     /// Builder: content blocks.
     pub fn with_content(content: Vec<Content>) -> Self {
-        Self {
-            content,
-            ..Self::default()
-        }
+        Self { content, ..Self::default() }
     }
 }
 
@@ -201,17 +163,11 @@ impl ToolOutput {
 impl PromptMessage {
     /// A user message.
     pub fn user(content: Content) -> Self {
-        Self {
-            role: "user",
-            content,
-        }
+        Self { role: "user", content }
     }
 
     /// An assistant message.
     pub fn assistant(content: Content) -> Self {
-        Self {
-            role: "assistant",
-            content,
-        }
+        Self { role: "assistant", content }
     }
 }

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use portcullis_protocol::{
-    ProtocolVersion, RequestId, RpcError, write_notification, write_request,
-};
+use portcullis_protocol::{ProtocolVersion, RequestId, RpcError, write_notification, write_request};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -71,8 +69,7 @@ impl RequestContext {
 
     /// Sends a notification related to this request.
     pub async fn notify(&self, method: &str, params: &Value) {
-        self.send(Bytes::from(write_notification(method, &params.to_string())))
-            .await;
+        self.send(Bytes::from(write_notification(method, &params.to_string()))).await;
     }
 
     /// Reports progress (2025-11-25 basic/utilities/progress). A no-op when the client sent no
@@ -109,16 +106,12 @@ impl RequestContext {
     /// with -32603 on timeout or when the session ends first.
     pub async fn request(&self, method: &str, params: &Value) -> Result<Value, RpcError> {
         if let Some(cap) = required_capability(method) {
-            let declared = self
-                .session
-                .negotiated()
-                .is_some_and(|n| n.client_capabilities.get(cap).is_some_and(|v| !v.is_null()));
+            let declared =
+                self.session.negotiated().is_some_and(|n| n.client_capabilities.get(cap).is_some_and(|v| !v.is_null()));
             if !declared {
                 return Err(RpcError::new(
                     portcullis_protocol::code::METHOD_NOT_FOUND,
-                    format!(
-                        "the client did not declare the `{cap}` capability needed for {method}"
-                    ),
+                    format!("the client did not declare the `{cap}` capability needed for {method}"),
                 ));
             }
         }
@@ -127,9 +120,7 @@ impl RequestContext {
         self.send(Bytes::from(wire)).await;
         match tokio::time::timeout(self.client_timeout, rx).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(RpcError::internal(format!(
-                "the session ended before the client answered {method}"
-            ))),
+            Ok(Err(_)) => Err(RpcError::internal(format!("the session ended before the client answered {method}"))),
             Err(_) => {
                 self.session.forget_response(id);
                 Err(RpcError::internal(format!(

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use futures_util::future::{AbortHandle, Abortable};
 use portcullis_protocol::{
-    Notification, ProtocolVersion, Request, RequestId, Response, RpcError, code, write_error,
-    write_result,
+    Notification, ProtocolVersion, Request, RequestId, Response, RpcError, code, write_error, write_result,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -152,11 +151,7 @@ struct ErrorObject {
 impl Engine {
     /// An engine over `registry`.
     pub fn new(registry: Arc<Registry>, info: ServerInfo, options: EngineOptions) -> Self {
-        Self {
-            registry,
-            info,
-            options,
-        }
+        Self { registry, info, options }
     }
 
     /// The registry.
@@ -177,33 +172,24 @@ impl Engine {
         let answer = match method {
             "initialize" => self.initialize(session, req.params),
             "ping" => Ok("{}".to_owned()),
-            _ if session.negotiated().is_none() => Err(RpcError::invalid_request(
-                "the session is not initialized: send initialize first",
-            )),
+            _ if session.negotiated().is_none() => {
+                Err(RpcError::invalid_request("the session is not initialized: send initialize first"))
+            }
             "tools/call" => return self.call_tool(session, req, sink),
             "resources/read" => return self.read_resource(session, req, sink),
             "prompts/get" => return self.get_prompt(session, req, sink),
-            "tools/list" => self.list(req.params, "tools", |c| {
-                c.tools
-                    .iter()
-                    .map(|t| t.definition.get().to_owned())
-                    .collect()
-            }),
-            "resources/list" => self.list(req.params, "resources", |c| {
-                c.resources
-                    .iter()
-                    .map(|r| r.definition.to_string())
-                    .collect()
-            }),
+            "tools/list" => {
+                self.list(req.params, "tools", |c| c.tools.iter().map(|t| t.definition.get().to_owned()).collect())
+            }
+            "resources/list" => {
+                self.list(req.params, "resources", |c| c.resources.iter().map(|r| r.definition.to_string()).collect())
+            }
             "resources/templates/list" => self.list(req.params, "resourceTemplates", |c| {
-                c.templates
-                    .iter()
-                    .map(|t| t.definition.to_string())
-                    .collect()
+                c.templates.iter().map(|t| t.definition.to_string()).collect()
             }),
-            "prompts/list" => self.list(req.params, "prompts", |c| {
-                c.prompts.iter().map(|p| p.definition.to_string()).collect()
-            }),
+            "prompts/list" => {
+                self.list(req.params, "prompts", |c| c.prompts.iter().map(|p| p.definition.to_string()).collect())
+            }
             "resources/subscribe" => parse::<UriParams>(req.params).map(|p| {
                 session.subscribe(&p.uri);
                 "{}".to_owned()
@@ -252,22 +238,14 @@ impl Engine {
             Ok(raw) => serde_json::from_str::<Value>(raw.get())
                 .map_err(|e| RpcError::internal(format!("unreadable result from the client: {e}"))),
             Err(raw) => Err(match serde_json::from_str::<ErrorObject>(raw.get()) {
-                Ok(e) => RpcError {
-                    code: e.code,
-                    message: e.message.into(),
-                    data: e.data,
-                },
+                Ok(e) => RpcError { code: e.code, message: e.message.into(), data: e.data },
                 Err(e) => RpcError::internal(format!("unreadable error from the client: {e}")),
             }),
         };
         session.complete_response(id, outcome)
     }
 
-    fn initialize(
-        &self,
-        session: &Arc<Session>,
-        params: Option<&RawValue>,
-    ) -> Result<String, RpcError> {
+    fn initialize(&self, session: &Arc<Session>, params: Option<&RawValue>) -> Result<String, RpcError> {
         let p: InitializeParams = parse(params)?;
         let version = ProtocolVersion::negotiate(&p.protocol_version);
         let fresh = session.set_negotiated(Negotiated {
@@ -276,9 +254,7 @@ impl Engine {
             client_info: p.client_info,
         });
         if !fresh {
-            return Err(RpcError::invalid_request(
-                "the session is already initialized",
-            ));
+            return Err(RpcError::invalid_request("the session is already initialized"));
         }
         self.registry.join(session);
         let mut info = json!({ "name": self.info.name, "version": self.info.version });
@@ -313,17 +289,12 @@ impl Engine {
         let all = items(&self.registry.snapshot());
         let start = match p.cursor.as_deref() {
             None => 0,
-            Some(c) => decode_cursor(c)
-                .filter(|&n| n <= all.len())
-                .ok_or_else(|| {
-                    RpcError::invalid_params(
-                        "invalid cursor: pass back a nextCursor from an earlier page",
-                    )
-                })?,
+            Some(c) => decode_cursor(c).filter(|&n| n <= all.len()).ok_or_else(|| {
+                RpcError::invalid_params("invalid cursor: pass back a nextCursor from an earlier page")
+            })?,
         };
         let end = (start + self.options.page_size.max(1)).min(all.len());
-        let mut out =
-            String::with_capacity(32 + all[start..end].iter().map(String::len).sum::<usize>());
+        let mut out = String::with_capacity(32 + all[start..end].iter().map(String::len).sum::<usize>());
         out.push_str("{\"");
         out.push_str(key);
         out.push_str("\":[");
@@ -337,13 +308,7 @@ impl Engine {
         Ok(out)
     }
 
-    fn context(
-        &self,
-        session: &Arc<Session>,
-        id: &RequestId,
-        meta: Option<MetaParams>,
-        sink: Sink,
-    ) -> RequestContext {
+    fn context(&self, session: &Arc<Session>, id: &RequestId, meta: Option<MetaParams>, sink: Sink) -> RequestContext {
         RequestContext {
             session: session.clone(),
             request_id: id.clone(),
@@ -381,18 +346,11 @@ impl Engine {
                 .take(5)
                 .map(|e| {
                     let at = e.instance_path().to_string();
-                    if at.is_empty() {
-                        e.to_string()
-                    } else {
-                        format!("{at}: {e}")
-                    }
+                    if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
                 })
                 .collect();
-            let out = crate::ToolOutput::error(format!(
-                "invalid arguments for tool {}: {}",
-                p.name,
-                problems.join("; ")
-            ));
+            let out =
+                crate::ToolOutput::error(format!("invalid arguments for tool {}: {}", p.name, problems.join("; ")));
             return Dispatch::Ready(write_result(id, &to_json(&out)));
         }
         let ctx = self.context(session, id, p.meta, sink);
@@ -418,19 +376,12 @@ impl Engine {
         } else if let Some((t, vars)) = catalog.match_template(&p.uri) {
             (t.reader.clone(), vars)
         } else {
-            let e = RpcError::new(
-                code::RESOURCE_NOT_FOUND,
-                format!("resource not found: {}", p.uri),
-            )
-            .with_data(json!({ "uri": p.uri }));
+            let e = RpcError::new(code::RESOURCE_NOT_FOUND, format!("resource not found: {}", p.uri))
+                .with_data(json!({ "uri": p.uri }));
             return Dispatch::Ready(write_error(Some(id), &e));
         };
         let ctx = self.context(session, id, p.meta, sink);
-        let fut = reader(ReadCall {
-            uri: p.uri,
-            vars,
-            ctx,
-        });
+        let fut = reader(ReadCall { uri: p.uri, vars, ctx });
         self.pending(session, id, async move {
             let contents = fut.await?;
             Ok(to_json(&json!({ "contents": contents })))
@@ -450,8 +401,7 @@ impl Engine {
         };
         let args = p.arguments.unwrap_or_default();
         if let Some(missing) = prompt.required.iter().find(|r| !args.contains_key(*r)) {
-            let e =
-                RpcError::invalid_params(format!("prompt {} needs the argument {missing}", p.name));
+            let e = RpcError::invalid_params(format!("prompt {} needs the argument {missing}", p.name));
             return Dispatch::Ready(write_error(Some(id), &e));
         }
         let ctx = self.context(session, id, p.meta, sink);
@@ -487,9 +437,8 @@ impl Engine {
         let completer = match p.reference.kind.as_str() {
             "ref/prompt" => {
                 let name = p.reference.name.as_deref().unwrap_or_default();
-                let prompt = catalog
-                    .prompt(name)
-                    .ok_or_else(|| RpcError::invalid_params(format!("unknown prompt: {name}")))?;
+                let prompt =
+                    catalog.prompt(name).ok_or_else(|| RpcError::invalid_params(format!("unknown prompt: {name}")))?;
                 prompt.completions.get(&p.argument.name).cloned()
             }
             "ref/resource" => {
@@ -498,24 +447,17 @@ impl Engine {
                     .templates
                     .iter()
                     .find(|t| t.template.as_str() == uri)
-                    .ok_or_else(|| {
-                        RpcError::invalid_params(format!("unknown resource template: {uri}"))
-                    })?;
+                    .ok_or_else(|| RpcError::invalid_params(format!("unknown resource template: {uri}")))?;
                 t.completions.get(&p.argument.name).cloned()
             }
             other => {
-                return Err(RpcError::invalid_params(format!(
-                    "unknown completion reference type: {other}"
-                )));
+                return Err(RpcError::invalid_params(format!("unknown completion reference type: {other}")));
             }
         };
         let mut values = completer.map(|f| f(&p.argument.value)).unwrap_or_default();
         let total = values.len();
         values.truncate(100);
-        Ok(
-            json!({ "completion": { "values": values, "total": total, "hasMore": total > 100 } })
-                .to_string(),
-        )
+        Ok(json!({ "completion": { "values": values, "total": total, "hasMore": total > 100 } }).to_string())
     }
 }
 
@@ -540,9 +482,7 @@ fn parse<T: DeserializeOwned>(params: Option<&RawValue>) -> Result<T, RpcError> 
     serde_json::from_str(raw).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
 }
 
-fn parse_or_default<T: DeserializeOwned + Default>(
-    params: Option<&RawValue>,
-) -> Result<T, RpcError> {
+fn parse_or_default<T: DeserializeOwned + Default>(params: Option<&RawValue>) -> Result<T, RpcError> {
     match params {
         None => Ok(T::default()),
         Some(_) => parse(params),
@@ -561,14 +501,8 @@ fn encode_cursor(offset: usize) -> String {
 
 fn decode_cursor(cursor: &str) -> Option<usize> {
     use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    std::str::from_utf8(&bytes)
-        .ok()?
-        .strip_prefix("offset:")?
-        .parse()
-        .ok()
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    std::str::from_utf8(&bytes).ok()?.strip_prefix("offset:")?.parse().ok()
 }
 
 #[cfg(test)]
@@ -580,33 +514,20 @@ mod tests {
     fn engine(page_size: usize) -> (Engine, Arc<Session>) {
         let registry = Arc::new(Registry::new());
         for i in 0..5 {
-            registry.add_tool(
-                Tool::new(format!("t{i}"), "d")
-                    .handler(|_| async { Ok(ToolOutput::text("x")) })
-                    .unwrap(),
-            );
+            registry
+                .add_tool(Tool::new(format!("t{i}"), "d").handler(|_| async { Ok(ToolOutput::text("x")) }).unwrap());
         }
         let e = Engine::new(
             registry,
-            ServerInfo {
-                name: "t".into(),
-                version: "0".into(),
-                title: None,
-                instructions: None,
-            },
-            EngineOptions {
-                page_size,
-                client_request_timeout: Duration::from_secs(1),
-            },
+            ServerInfo { name: "t".into(), version: "0".into(), title: None, instructions: None },
+            EngineOptions { page_size, client_request_timeout: Duration::from_secs(1) },
         );
         let s = Arc::new(Session::new(crate::new_session_id(), Arc::new(NullOutlet)));
         (e, s)
     }
 
     fn ask(e: &Engine, s: &Arc<Session>, body: &str) -> Value {
-        let Ok(Body::Single(Message::Request(r))) = parse_body(body.as_bytes(), 64) else {
-            panic!("bad test body")
-        };
+        let Ok(Body::Single(Message::Request(r))) = parse_body(body.as_bytes(), 64) else { panic!("bad test body") };
         match e.request(s, &r, Sink::Session) {
             Dispatch::Ready(b) => serde_json::from_slice(&b).unwrap(),
             Dispatch::Pending(_) => panic!("expected a ready answer"),
@@ -616,38 +537,23 @@ mod tests {
     #[test]
     fn requests_before_initialize_are_refused_except_ping() {
         let (e, s) = engine(2);
-        assert_eq!(
-            ask(&e, &s, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)["result"],
-            json!({})
-        );
+        assert_eq!(ask(&e, &s, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)["result"], json!({}));
         let v = ask(&e, &s, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#);
         assert_eq!(v["error"]["code"], -32600);
         let init = r#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
         assert_eq!(ask(&e, &s, init)["result"]["protocolVersion"], "2025-06-18");
-        assert_eq!(
-            ask(&e, &s, init)["error"]["code"],
-            -32600,
-            "a second initialize is refused"
-        );
+        assert_eq!(ask(&e, &s, init)["error"]["code"], -32600, "a second initialize is refused");
     }
 
     #[test]
     fn pagination_walks_every_item_with_opaque_cursors() {
         let (e, s) = engine(2);
-        ask(
-            &e,
-            &s,
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#,
-        );
+        ask(&e, &s, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#);
         let mut names = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let params = cursor
-                .as_ref()
-                .map_or_else(|| json!({}), |c| json!({ "cursor": c }));
-            let body =
-                json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": params })
-                    .to_string();
+            let params = cursor.as_ref().map_or_else(|| json!({}), |c| json!({ "cursor": c }));
+            let body = json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": params }).to_string();
             let v = ask(&e, &s, &body);
             let page = v["result"]["tools"].as_array().unwrap();
             assert!(page.len() <= 2);
@@ -658,30 +564,15 @@ mod tests {
             }
         }
         assert_eq!(names, ["t0", "t1", "t2", "t3", "t4"]);
-        let v = ask(
-            &e,
-            &s,
-            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"b2Zmc2V0Ojk5"}}"#,
-        );
-        assert_eq!(
-            v["error"]["code"], -32602,
-            "a cursor past the end is invalid"
-        );
+        let v = ask(&e, &s, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"b2Zmc2V0Ojk5"}}"#);
+        assert_eq!(v["error"]["code"], -32602, "a cursor past the end is invalid");
     }
 
     #[test]
     fn completion_and_log_levels() {
         let (e, s) = engine(10);
-        ask(
-            &e,
-            &s,
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#,
-        );
-        let v = ask(
-            &e,
-            &s,
-            r#"{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"error"}}"#,
-        );
+        ask(&e, &s, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#);
+        let v = ask(&e, &s, r#"{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"error"}}"#);
         assert_eq!(v["result"], json!({}));
         assert_eq!(s.log_level(), LogLevel::Error);
         let v = ask(

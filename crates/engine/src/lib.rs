@@ -18,9 +18,8 @@ pub use context::{Outbound, RequestContext, Sink};
 pub use dispatch::{Dispatch, Engine, EngineOptions, ServerInfo};
 pub use principal::{AuthFailure, AuthMethod, Principal, TokenVerifier};
 pub use registry::{
-    BoxFuture, Catalog, Prompt, PromptBuilder, PromptCall, ReadCall, Registry, RegistryError,
-    Resource, ResourceBuilder, ResourceTemplate, ResourceTemplateBuilder, Tool, ToolBuilder,
-    ToolCall, ToolError,
+    BoxFuture, Catalog, Prompt, PromptBuilder, PromptCall, ReadCall, Registry, RegistryError, Resource,
+    ResourceBuilder, ResourceTemplate, ResourceTemplateBuilder, Tool, ToolBuilder, ToolCall, ToolError,
 };
 pub use session::{LogLevel, Negotiated, NullOutlet, Outlet, Session, new_session_id};
 pub use template::{TemplateError, UriTemplate};

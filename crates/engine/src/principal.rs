@@ -74,8 +74,6 @@ impl Principal {
     /// True when `other` is the same (tenant, subject, client) — the identity a session is bound
     /// to (2025-11-25 security best practices §Session Hijacking).
     pub fn same_owner(&self, other: &Principal) -> bool {
-        self.tenant == other.tenant
-            && self.subject == other.subject
-            && self.client_id == other.client_id
+        self.tenant == other.tenant && self.subject == other.subject && self.client_id == other.client_id
     }
 }

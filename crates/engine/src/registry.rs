@@ -81,10 +81,8 @@ pub struct PromptCall {
 }
 
 type ToolFn = dyn Fn(ToolCall) -> BoxFuture<'static, Result<ToolOutput, ToolError>> + Send + Sync;
-type ReadFn =
-    dyn Fn(ReadCall) -> BoxFuture<'static, Result<Vec<ResourceContents>, RpcError>> + Send + Sync;
-type PromptFn =
-    dyn Fn(PromptCall) -> BoxFuture<'static, Result<PromptOutput, RpcError>> + Send + Sync;
+type ReadFn = dyn Fn(ReadCall) -> BoxFuture<'static, Result<Vec<ResourceContents>, RpcError>> + Send + Sync;
+type PromptFn = dyn Fn(PromptCall) -> BoxFuture<'static, Result<PromptOutput, RpcError>> + Send + Sync;
 /// Completion candidates for an argument, given the partial value.
 pub(crate) type CompleteFn = dyn Fn(&str) -> Vec<String> + Send + Sync;
 
@@ -228,11 +226,8 @@ impl ToolBuilder {
         if !valid_tool_name(&self.name) {
             return Err(RegistryError::ToolName(self.name));
         }
-        let input = self
-            .def
-            .entry("inputSchema")
-            .or_insert_with(|| json!({ "type": "object", "properties": {} }))
-            .clone();
+        let input =
+            self.def.entry("inputSchema").or_insert_with(|| json!({ "type": "object", "properties": {} })).clone();
         if input.get("type").and_then(Value::as_str) != Some("object") {
             return Err(RegistryError::Schema {
                 tool: self.name,
@@ -252,18 +247,12 @@ impl ToolBuilder {
                 reason,
             })?;
         }
-        let definition =
-            serde_json::value::to_raw_value(&self.def).map_err(|e| RegistryError::Schema {
-                tool: self.name.clone(),
-                which: "inputSchema",
-                reason: e.to_string(),
-            })?;
-        Ok(Tool {
-            name: self.name,
-            definition,
-            validator,
-            handler: Arc::new(move |call| Box::pin(f(call))),
-        })
+        let definition = serde_json::value::to_raw_value(&self.def).map_err(|e| RegistryError::Schema {
+            tool: self.name.clone(),
+            which: "inputSchema",
+            reason: e.to_string(),
+        })?;
+        Ok(Tool { name: self.name, definition, validator, handler: Arc::new(move |call| Box::pin(f(call))) })
     }
 }
 
@@ -279,9 +268,7 @@ fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
 
 fn valid_tool_name(name: &str) -> bool {
     (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 // === impl Resource / ResourceBuilder ===
@@ -308,8 +295,7 @@ impl ResourceBuilder {
     /// A description.
     #[must_use]
     pub fn description(mut self, d: impl Into<String>) -> Self {
-        self.def
-            .insert("description".into(), Value::String(d.into()));
+        self.def.insert("description".into(), Value::String(d.into()));
         self
     }
 
@@ -326,11 +312,7 @@ impl ResourceBuilder {
         F: Fn(ReadCall) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<ResourceContents>, RpcError>> + Send + 'static,
     {
-        Resource {
-            uri: self.uri,
-            definition: Value::Object(self.def),
-            reader: Arc::new(move |c| Box::pin(f(c))),
-        }
+        Resource { uri: self.uri, definition: Value::Object(self.def), reader: Arc::new(move |c| Box::pin(f(c))) }
     }
 }
 
@@ -338,19 +320,12 @@ impl ResourceBuilder {
 
 impl ResourceTemplate {
     /// Starts a template declaration (`uriTemplate` per RFC 6570).
-    pub fn new(
-        uri_template: impl Into<String>,
-        name: impl Into<String>,
-    ) -> ResourceTemplateBuilder {
+    pub fn new(uri_template: impl Into<String>, name: impl Into<String>) -> ResourceTemplateBuilder {
         let template = uri_template.into();
         let mut def = Map::new();
         def.insert("uriTemplate".into(), Value::String(template.clone()));
         def.insert("name".into(), Value::String(name.into()));
-        ResourceTemplateBuilder {
-            template,
-            def,
-            completions: HashMap::new(),
-        }
+        ResourceTemplateBuilder { template, def, completions: HashMap::new() }
     }
 }
 
@@ -365,8 +340,7 @@ impl ResourceTemplateBuilder {
     /// A description.
     #[must_use]
     pub fn description(mut self, d: impl Into<String>) -> Self {
-        self.def
-            .insert("description".into(), Value::String(d.into()));
+        self.def.insert("description".into(), Value::String(d.into()));
         self
     }
 
@@ -379,11 +353,7 @@ impl ResourceTemplateBuilder {
 
     /// Completion for a template variable (`completion/complete` with `ref/resource`).
     #[must_use]
-    pub fn complete(
-        mut self,
-        var: impl Into<String>,
-        f: impl Fn(&str) -> Vec<String> + Send + Sync + 'static,
-    ) -> Self {
+    pub fn complete(mut self, var: impl Into<String>, f: impl Fn(&str) -> Vec<String> + Send + Sync + 'static) -> Self {
         self.completions.insert(var.into(), Arc::new(f));
         self
     }
@@ -394,8 +364,7 @@ impl ResourceTemplateBuilder {
         F: Fn(ReadCall) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<ResourceContents>, RpcError>> + Send + 'static,
     {
-        let template =
-            UriTemplate::parse(&self.template).map_err(|e| RegistryError::Template(e.0))?;
+        let template = UriTemplate::parse(&self.template).map_err(|e| RegistryError::Template(e.0))?;
         Ok(ResourceTemplate {
             template,
             definition: Value::Object(self.def),
@@ -414,13 +383,7 @@ impl Prompt {
         let mut def = Map::new();
         def.insert("name".into(), Value::String(name.clone()));
         def.insert("description".into(), Value::String(description.into()));
-        PromptBuilder {
-            name,
-            def,
-            arguments: Vec::new(),
-            required: Vec::new(),
-            completions: HashMap::new(),
-        }
+        PromptBuilder { name, def, arguments: Vec::new(), required: Vec::new(), completions: HashMap::new() }
     }
 }
 
@@ -434,28 +397,18 @@ impl PromptBuilder {
 
     /// Declares an argument.
     #[must_use]
-    pub fn argument(
-        mut self,
-        name: impl Into<String>,
-        description: impl Into<String>,
-        required: bool,
-    ) -> Self {
+    pub fn argument(mut self, name: impl Into<String>, description: impl Into<String>, required: bool) -> Self {
         let name = name.into();
         if required {
             self.required.push(name.clone());
         }
-        self.arguments
-            .push(json!({ "name": name, "description": description.into(), "required": required }));
+        self.arguments.push(json!({ "name": name, "description": description.into(), "required": required }));
         self
     }
 
     /// Completion for an argument (`completion/complete` with `ref/prompt`).
     #[must_use]
-    pub fn complete(
-        mut self,
-        arg: impl Into<String>,
-        f: impl Fn(&str) -> Vec<String> + Send + Sync + 'static,
-    ) -> Self {
+    pub fn complete(mut self, arg: impl Into<String>, f: impl Fn(&str) -> Vec<String> + Send + Sync + 'static) -> Self {
         self.completions.insert(arg.into(), Arc::new(f));
         self
     }
@@ -467,8 +420,7 @@ impl PromptBuilder {
         Fut: Future<Output = Result<PromptOutput, RpcError>> + Send + 'static,
     {
         if !self.arguments.is_empty() {
-            self.def
-                .insert("arguments".into(), Value::Array(self.arguments));
+            self.def.insert("arguments".into(), Value::Array(self.arguments));
         }
         Prompt {
             name: self.name,
@@ -490,17 +442,11 @@ impl Registry {
 
     /// The current catalog.
     pub fn snapshot(&self) -> Arc<Catalog> {
-        self.catalog
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.catalog.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut Catalog)) {
-        let mut guard = self
-            .catalog
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.catalog.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next = Catalog {
             tools: guard.tools.clone(),
             resources: guard.resources.clone(),
@@ -548,8 +494,7 @@ impl Registry {
     /// Adds a resource template.
     pub fn add_template(&self, template: ResourceTemplate) {
         self.update(|c| {
-            c.templates
-                .retain(|t| t.template.as_str() != template.template.as_str());
+            c.templates.retain(|t| t.template.as_str() != template.template.as_str());
             c.templates.push(Arc::new(template));
         });
         self.broadcast("notifications/resources/list_changed");
@@ -567,10 +512,7 @@ impl Registry {
     /// Tells every session subscribed to `uri` that it changed (`notifications/resources/updated`).
     pub fn resource_updated(&self, uri: &str) {
         let params = json!({ "uri": uri }).to_string();
-        let msg = Bytes::from(write_notification(
-            "notifications/resources/updated",
-            &params,
-        ));
+        let msg = Bytes::from(write_notification("notifications/resources/updated", &params));
         for s in self.live_sessions() {
             if s.is_subscribed(uri) {
                 s.push(msg.clone());
@@ -579,8 +521,7 @@ impl Registry {
     }
 
     pub(crate) fn join(&self, session: &Arc<Session>) {
-        self.lock_sessions()
-            .insert(session.id_arc(), Arc::downgrade(session));
+        self.lock_sessions().insert(session.id_arc(), Arc::downgrade(session));
     }
 
     pub(crate) fn leave(&self, session: &Session) {
@@ -588,9 +529,7 @@ impl Registry {
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Weak<Session>>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn live_sessions(&self) -> Vec<Arc<Session>> {
@@ -613,24 +552,9 @@ impl Registry {
 
 impl Catalog {
     fn reindex(&mut self) {
-        self.tool_index = self
-            .tools
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
-        self.resource_index = self
-            .resources
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.uri.clone(), i))
-            .collect();
-        self.prompt_index = self
-            .prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name.clone(), i))
-            .collect();
+        self.tool_index = self.tools.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        self.resource_index = self.resources.iter().enumerate().map(|(i, r)| (r.uri.clone(), i)).collect();
+        self.prompt_index = self.prompts.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
     }
 
     /// A tool by name.
@@ -649,21 +573,13 @@ impl Catalog {
     }
 
     /// The first template matching `uri`, with its variables.
-    pub fn match_template(
-        &self,
-        uri: &str,
-    ) -> Option<(&Arc<ResourceTemplate>, HashMap<String, String>)> {
-        self.templates
-            .iter()
-            .find_map(|t| t.template.matches(uri).map(|v| (t, v)))
+    pub fn match_template(&self, uri: &str) -> Option<(&Arc<ResourceTemplate>, HashMap<String, String>)> {
+        self.templates.iter().find_map(|t| t.template.matches(uri).map(|v| (t, v)))
     }
 
     /// True when nothing of a kind is registered.
     pub fn is_empty(&self) -> bool {
-        self.tools.is_empty()
-            && self.resources.is_empty()
-            && self.templates.is_empty()
-            && self.prompts.is_empty()
+        self.tools.is_empty() && self.resources.is_empty() && self.templates.is_empty() && self.prompts.is_empty()
     }
 }
 
@@ -679,10 +595,7 @@ mod tests {
     fn tool_names_follow_the_spec() {
         assert!(Tool::new("get_time.v2-beta", "d").handler(noop()).is_ok());
         for bad in ["", "has space", "comma,", &"x".repeat(129)] {
-            assert_eq!(
-                Tool::new(bad, "d").handler(noop()).err(),
-                Some(RegistryError::ToolName(bad.to_owned()))
-            );
+            assert_eq!(Tool::new(bad, "d").handler(noop()).err(), Some(RegistryError::ToolName(bad.to_owned())));
         }
     }
 
@@ -695,23 +608,16 @@ mod tests {
             "properties": { "x": { "$ref": "#/$defs/a" } },
             "additionalProperties": false
         });
-        let tool = Tool::new("t", "d")
-            .input_schema(schema.clone())
-            .handler(noop())
-            .unwrap();
+        let tool = Tool::new("t", "d").input_schema(schema.clone()).handler(noop()).unwrap();
         let def: Value = serde_json::from_str(tool.definition.get()).unwrap();
         assert_eq!(def["inputSchema"], schema);
         assert!(tool.validator.is_valid(&json!({ "x": "s" })));
         assert!(!tool.validator.is_valid(&json!({ "x": 1 })));
         assert!(!tool.validator.is_valid(&json!({ "y": "s" })));
 
-        let err = Tool::new("t", "d")
-            .input_schema(json!({ "type": "string" }))
-            .handler(noop());
+        let err = Tool::new("t", "d").input_schema(json!({ "type": "string" })).handler(noop());
         assert!(matches!(err, Err(RegistryError::Schema { .. })));
-        let err = Tool::new("t", "d")
-            .input_schema(json!({ "type": "object", "minProperties": "x" }))
-            .handler(noop());
+        let err = Tool::new("t", "d").input_schema(json!({ "type": "object", "minProperties": "x" })).handler(noop());
         assert!(matches!(err, Err(RegistryError::Schema { .. })));
     }
 

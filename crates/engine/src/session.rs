@@ -104,9 +104,7 @@ pub fn new_session_id() -> Arc<str> {
     let mut buf = [0u8; 32];
     // The OS RNG failing is unrecoverable and not something to paper over with a weak id.
     getrandom::fill(&mut buf).expect("the operating system's random number generator failed");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(buf)
-        .into()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf).into()
 }
 
 // === impl Session ===
@@ -148,9 +146,7 @@ impl Session {
     /// True when `principal` may use this session: the same (tenant, subject, client) that
     /// created it. An unbound session (transports without authentication) admits anyone.
     pub fn admits(&self, principal: &Principal) -> bool {
-        self.owner
-            .get()
-            .is_none_or(|owner| owner.same_owner(principal))
+        self.owner.get().is_none_or(|owner| owner.same_owner(principal))
     }
 
     /// What `initialize` settled, once it has run.
@@ -268,10 +264,7 @@ impl Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("id", &self.id)
-            .field("version", &self.version())
-            .finish_non_exhaustive()
+        f.debug_struct("Session").field("id", &self.id).field("version", &self.version()).finish_non_exhaustive()
     }
 }
 
@@ -352,16 +345,7 @@ mod tests {
     #[test]
     fn log_levels_order_and_round_trip() {
         assert!(LogLevel::Debug < LogLevel::Emergency);
-        for l in [
-            "debug",
-            "info",
-            "notice",
-            "warning",
-            "error",
-            "critical",
-            "alert",
-            "emergency",
-        ] {
+        for l in ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"] {
             assert_eq!(LogLevel::parse(l).map(LogLevel::as_str), Some(l));
         }
         assert_eq!(LogLevel::parse("verbose"), None);

@@ -42,9 +42,8 @@ impl UriTemplate {
             if open > 0 {
                 parts.push(Part::Literal(rest[..open].to_owned()));
             }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| TemplateError(format!("unclosed '{{' in template {source:?}")))?;
+            let close =
+                rest[open..].find('}').ok_or_else(|| TemplateError(format!("unclosed '{{' in template {source:?}")))?;
             let expr = &rest[open + 1..open + close];
             let (reserved, name) = match expr.strip_prefix('+') {
                 Some(n) => (true, n),
@@ -56,23 +55,15 @@ impl UriTemplate {
                 )));
             }
             if matches!(parts.last(), Some(Part::Var { .. })) {
-                return Err(TemplateError(format!(
-                    "adjacent variables in template {source:?} are ambiguous"
-                )));
+                return Err(TemplateError(format!("adjacent variables in template {source:?} are ambiguous")));
             }
-            parts.push(Part::Var {
-                name: name.to_owned(),
-                reserved,
-            });
+            parts.push(Part::Var { name: name.to_owned(), reserved });
             rest = &rest[open + close + 1..];
         }
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_owned()));
         }
-        Ok(Self {
-            source: source.to_owned(),
-            parts,
-        })
+        Ok(Self { source: source.to_owned(), parts })
     }
 
     /// The template text.
@@ -146,10 +137,7 @@ mod tests {
         assert!(t.matches("test://template/1/2/data").is_none());
         assert!(t.matches("test://template//data").is_none());
         assert!(t.matches("test://template/123/data/x").is_none());
-        assert_eq!(
-            t.matches("test://template/a%20b/data").unwrap()["id"],
-            "a b"
-        );
+        assert_eq!(t.matches("test://template/a%20b/data").unwrap()["id"], "a b");
 
         let t = UriTemplate::parse("file:///{+path}").unwrap();
         assert_eq!(t.matches("file:///etc/hosts").unwrap()["path"], "etc/hosts");

@@ -48,10 +48,7 @@ mod tests {
     #[test]
     fn counts_nesting_and_ignores_brackets_in_strings() {
         assert!(check_depth(br#"{"a":[1,{"b":2}]}"#, 3).is_ok());
-        assert_eq!(
-            check_depth(br#"{"a":[1,{"b":2}]}"#, 2),
-            Err(DepthError { limit: 2 })
-        );
+        assert_eq!(check_depth(br#"{"a":[1,{"b":2}]}"#, 2), Err(DepthError { limit: 2 }));
         assert!(check_depth(br#"{"a":"[[[[[[\"[[[["}"#, 1).is_ok());
     }
 

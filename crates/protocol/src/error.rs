@@ -37,11 +37,7 @@ pub struct RpcError {
 impl RpcError {
     /// An error with no data.
     pub fn new(code: i64, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            data: None,
-        }
+        Self { code, message: message.into(), data: None }
     }
 
     /// Attaches structured data.
@@ -63,10 +59,7 @@ impl RpcError {
 
     /// -32601 for `method`.
     pub fn method_not_found(method: &str) -> Self {
-        Self::new(
-            code::METHOD_NOT_FOUND,
-            format!("method not found: {method}"),
-        )
+        Self::new(code::METHOD_NOT_FOUND, format!("method not found: {method}"))
     }
 
     /// -32602.

@@ -100,31 +100,22 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 
 /// Parses a body. `max_depth` bounds nesting before the parser runs.
 pub fn parse_body(bytes: &[u8], max_depth: usize) -> Result<Body<'_>, ParseError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| ParseError::Parse(format!("body is not valid UTF-8: {e}")))?;
-    check_depth(bytes, max_depth).map_err(|e| {
-        ParseError::Parse(format!("body nests deeper than the limit of {}", e.limit))
-    })?;
+    let text = std::str::from_utf8(bytes).map_err(|e| ParseError::Parse(format!("body is not valid UTF-8: {e}")))?;
+    check_depth(bytes, max_depth)
+        .map_err(|e| ParseError::Parse(format!("body nests deeper than the limit of {}", e.limit)))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let items: Vec<&RawValue> = serde_json::from_str(text)
-            .map_err(|e| ParseError::Parse(format!("invalid JSON: {e}")))?;
+        let items: Vec<&RawValue> =
+            serde_json::from_str(text).map_err(|e| ParseError::Parse(format!("invalid JSON: {e}")))?;
         if items.is_empty() {
             return Err(ParseError::Invalid(None, "empty batch".into()));
         }
         let batch = items
             .into_iter()
-            .map(
-                |item| match serde_json::from_str::<Envelope<'_>>(item.get()) {
-                    Ok(env) => {
-                        classify(env).map_err(|(id, msg)| (id, RpcError::invalid_request(msg)))
-                    }
-                    Err(e) => Err((
-                        None,
-                        RpcError::invalid_request(format!("not a JSON-RPC message: {e}")),
-                    )),
-                },
-            )
+            .map(|item| match serde_json::from_str::<Envelope<'_>>(item.get()) {
+                Ok(env) => classify(env).map_err(|(id, msg)| (id, RpcError::invalid_request(msg))),
+                Err(e) => Err((None, RpcError::invalid_request(format!("not a JSON-RPC message: {e}")))),
+            })
             .collect();
         return Ok(Body::Batch(batch));
     }
@@ -132,35 +123,26 @@ pub fn parse_body(bytes: &[u8], max_depth: usize) -> Result<Body<'_>, ParseError
         Ok(env) => env,
         // Valid JSON of the wrong shape (a number, a string, `method: 5`) is -32600, not -32700.
         Err(e) if serde_json::from_str::<&RawValue>(text).is_ok() => {
-            return Err(ParseError::Invalid(
-                None,
-                format!("not a JSON-RPC message: {e}"),
-            ));
+            return Err(ParseError::Invalid(None, format!("not a JSON-RPC message: {e}")));
         }
         Err(e) => return Err(ParseError::Parse(format!("invalid JSON: {e}"))),
     };
-    classify(env)
-        .map(Body::Single)
-        .map_err(|(id, msg)| ParseError::Invalid(id, msg))
+    classify(env).map(Body::Single).map_err(|(id, msg)| ParseError::Invalid(id, msg))
 }
 
 fn classify(env: Envelope<'_>) -> Result<Message<'_>, (Option<RequestId>, String)> {
     let id = match env.id {
         None => None,
-        Some(raw) => Some(RequestId::from_raw(raw).ok_or((
-            None,
-            format!("id must be a string or an integer, got {}", raw.get()),
-        ))?),
+        Some(raw) => Some(
+            RequestId::from_raw(raw).ok_or((None, format!("id must be a string or an integer, got {}", raw.get())))?,
+        ),
     };
     if env.jsonrpc.as_deref() != Some("2.0") {
         return Err((id, "jsonrpc must be \"2.0\"".into()));
     }
     if let Some(method) = env.method {
         if env.result.is_some() || env.error.is_some() {
-            return Err((
-                id,
-                "a message cannot have both method and result/error".into(),
-            ));
+            return Err((id, "a message cannot have both method and result/error".into()));
         }
         if let Some(p) = env.params {
             let first = p.get().as_bytes().first().copied();
@@ -169,15 +151,8 @@ fn classify(env: Envelope<'_>) -> Result<Message<'_>, (Option<RequestId>, String
             }
         }
         return Ok(match id {
-            Some(id) => Message::Request(Request {
-                id,
-                method,
-                params: env.params,
-            }),
-            None => Message::Notification(Notification {
-                method,
-                params: env.params,
-            }),
+            Some(id) => Message::Request(Request { id, method, params: env.params }),
+            None => Message::Notification(Notification { method, params: env.params }),
         });
     }
     let Some(id) = id else {
@@ -185,14 +160,8 @@ fn classify(env: Envelope<'_>) -> Result<Message<'_>, (Option<RequestId>, String
     };
     match (env.result, env.error) {
         (Some(r), None) => Ok(Message::Response(Response { id, outcome: Ok(r) })),
-        (None, Some(e)) => Ok(Message::Response(Response {
-            id,
-            outcome: Err(e),
-        })),
-        _ => Err((
-            Some(id),
-            "a response needs exactly one of result and error".into(),
-        )),
+        (None, Some(e)) => Ok(Message::Response(Response { id, outcome: Err(e) })),
+        _ => Err((Some(id), "a response needs exactly one of result and error".into())),
     }
 }
 
@@ -263,11 +232,7 @@ pub fn write_error(id: Option<&RequestId>, err: &RpcError) -> Vec<u8> {
         #[serde(skip_serializing_if = "Option::is_none")]
         data: Option<&'a serde_json::Value>,
     }
-    let obj = ErrorObject {
-        code: err.code,
-        message: &err.message,
-        data: err.data.as_ref(),
-    };
+    let obj = ErrorObject { code: err.code, message: &err.message, data: err.data.as_ref() };
     let mut out = Vec::with_capacity(96 + err.message.len());
     out.extend_from_slice(HEAD.as_bytes());
     out.extend_from_slice(id.map_or("null", |id| &id.0).as_bytes());
@@ -316,9 +281,7 @@ mod tests {
     #[test]
     fn classifies_requests_notifications_and_responses() {
         let m = single(r#"{"jsonrpc":"2.0","id":7,"method":"ping","extra":true}"#).unwrap();
-        assert!(
-            matches!(m, Message::Request(ref r) if r.method == "ping" && r.id.as_json() == "7")
-        );
+        assert!(matches!(m, Message::Request(ref r) if r.method == "ping" && r.id.as_json() == "7"));
         let m = single(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
         assert!(matches!(m, Message::Notification(_)));
         let m = single(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap();
@@ -329,18 +292,9 @@ mod tests {
     fn refuses_what_is_not_json_rpc() {
         let cases = [
             (r#"{"id":1,"method":"ping"}"#, "jsonrpc"),
-            (
-                r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
-                "id must be",
-            ),
-            (
-                r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
-                "id must be",
-            ),
-            (
-                r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":3}"#,
-                "params",
-            ),
+            (r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#, "id must be"),
+            (r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#, "id must be"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":3}"#, "params"),
             (r#"{"jsonrpc":"2.0"}"#, "no method"),
             (r#"42"#, "not a JSON-RPC"),
             (r#"{"jsonrpc":"2.0","id":1,"method":5}"#, "not a JSON-RPC"),
@@ -355,28 +309,17 @@ mod tests {
 
     #[test]
     fn parse_errors() {
-        for body in [
-            &b"{not json"[..],
-            &b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}"[..],
-            b"",
-        ] {
-            assert!(
-                matches!(parse_body(body, 64), Err(ParseError::Parse(_))),
-                "{body:?}"
-            );
+        for body in [&b"{not json"[..], &b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}"[..], b""] {
+            assert!(matches!(parse_body(body, 64), Err(ParseError::Parse(_))), "{body:?}");
         }
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
-        assert!(
-            matches!(parse_body(deep.as_bytes(), 64), Err(ParseError::Parse(m)) if m.contains("deeper"))
-        );
+        assert!(matches!(parse_body(deep.as_bytes(), 64), Err(ParseError::Parse(m)) if m.contains("deeper")));
     }
 
     #[test]
     fn batches_keep_per_item_errors() {
         let body = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"bad":1},{"jsonrpc":"2.0","method":"n"}]"#;
-        let Ok(Body::Batch(items)) = parse_body(body, 64) else {
-            panic!("expected batch")
-        };
+        let Ok(Body::Batch(items)) = parse_body(body, 64) else { panic!("expected batch") };
         assert_eq!(items.len(), 3);
         assert!(items[0].is_ok() && items[1].is_err() && items[2].is_ok());
     }
@@ -391,8 +334,7 @@ mod tests {
         assert_eq!(v["error"]["code"], -32602);
         assert_eq!(v["id"], serde_json::Value::Null);
         let v: serde_json::Value =
-            serde_json::from_slice(&write_notification("notifications/message", r#"{"a":1}"#))
-                .unwrap();
+            serde_json::from_slice(&write_notification("notifications/message", r#"{"a":1}"#)).unwrap();
         assert_eq!(v["params"]["a"], 1);
     }
 }

@@ -13,7 +13,7 @@ mod version;
 pub use depth::{DepthError, check_depth};
 pub use error::{RpcError, code};
 pub use jsonrpc::{
-    Body, Message, Notification, ParseError, Request, RequestId, Response, parse_body, write_error,
-    write_notification, write_request, write_result,
+    Body, Message, Notification, ParseError, Request, RequestId, Response, parse_body, write_error, write_notification,
+    write_request, write_result,
 };
 pub use version::{MODERN_VERSIONS, ProtocolVersion};

@@ -23,12 +23,7 @@ pub const MODERN_VERSIONS: &[&str] = &["2026-07-28"];
 
 impl ProtocolVersion {
     /// Every supported version, oldest first.
-    pub const ALL: [ProtocolVersion; 4] = [
-        Self::V2024_11_05,
-        Self::V2025_03_26,
-        Self::V2025_06_18,
-        Self::V2025_11_25,
-    ];
+    pub const ALL: [ProtocolVersion; 4] = [Self::V2024_11_05, Self::V2025_03_26, Self::V2025_06_18, Self::V2025_11_25];
 
     /// The newest supported version.
     pub const LATEST: ProtocolVersion = Self::V2025_11_25;
@@ -84,14 +79,8 @@ mod tests {
         for v in ProtocolVersion::ALL {
             assert_eq!(ProtocolVersion::negotiate(v.as_str()), v);
         }
-        assert_eq!(
-            ProtocolVersion::negotiate("2026-07-28"),
-            ProtocolVersion::LATEST
-        );
-        assert_eq!(
-            ProtocolVersion::negotiate("1999-01-01"),
-            ProtocolVersion::LATEST
-        );
+        assert_eq!(ProtocolVersion::negotiate("2026-07-28"), ProtocolVersion::LATEST);
+        assert_eq!(ProtocolVersion::negotiate("1999-01-01"), ProtocolVersion::LATEST);
         assert!(ProtocolVersion::V2025_03_26.allows_batch());
         assert!(!ProtocolVersion::V2025_11_25.allows_batch());
     }

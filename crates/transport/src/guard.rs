@@ -27,26 +27,14 @@ pub(crate) enum Refusal {
 impl OriginPolicy {
     /// The loopback names, for a server bound to loopback.
     pub fn loopback() -> Self {
-        let names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
-            .map(String::from)
-            .to_vec();
-        Self {
-            hosts: names.clone(),
-            origins: names,
-        }
+        let names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec();
+        Self { hosts: names.clone(), origins: names }
     }
 
     pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         if !self.hosts.is_empty() {
-            let host = headers
-                .get(HOST)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if !self
-                .hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(host_part(host)))
-            {
+            let host = headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host_part(host))) {
                 return Err(Refusal::Host);
             }
         }
@@ -98,45 +86,18 @@ mod tests {
     fn loopback_policy() {
         let p = OriginPolicy::loopback();
         assert_eq!(p.check(&headers("localhost:8080", None)), Ok(()));
-        assert_eq!(
-            p.check(&headers("127.0.0.1:8080", Some("http://localhost:3000"))),
-            Ok(())
-        );
-        assert_eq!(
-            p.check(&headers("[::1]:8080", Some("http://[::1]:9"))),
-            Ok(())
-        );
-        assert_eq!(
-            p.check(&headers("evil.example.com", None)),
-            Err(Refusal::Host)
-        );
-        assert_eq!(
-            p.check(&headers("localhost", Some("http://evil.example.com"))),
-            Err(Refusal::Origin)
-        );
-        assert_eq!(
-            p.check(&headers("localhost", Some("null"))),
-            Err(Refusal::Origin)
-        );
+        assert_eq!(p.check(&headers("127.0.0.1:8080", Some("http://localhost:3000"))), Ok(()));
+        assert_eq!(p.check(&headers("[::1]:8080", Some("http://[::1]:9"))), Ok(()));
+        assert_eq!(p.check(&headers("evil.example.com", None)), Err(Refusal::Host));
+        assert_eq!(p.check(&headers("localhost", Some("http://evil.example.com"))), Err(Refusal::Origin));
+        assert_eq!(p.check(&headers("localhost", Some("null"))), Err(Refusal::Origin));
     }
 
     #[test]
     fn exact_origins_and_open_policy() {
-        let p = OriginPolicy {
-            hosts: vec![],
-            origins: vec!["https://app.example.com".into()],
-        };
-        assert_eq!(
-            p.check(&headers("anything", Some("https://app.example.com"))),
-            Ok(())
-        );
-        assert_eq!(
-            p.check(&headers("anything", Some("http://app.example.com"))),
-            Err(Refusal::Origin)
-        );
-        assert_eq!(
-            OriginPolicy::default().check(&headers("x", Some("http://y"))),
-            Ok(())
-        );
+        let p = OriginPolicy { hosts: vec![], origins: vec!["https://app.example.com".into()] };
+        assert_eq!(p.check(&headers("anything", Some("https://app.example.com"))), Ok(()));
+        assert_eq!(p.check(&headers("anything", Some("http://app.example.com"))), Err(Refusal::Origin));
+        assert_eq!(OriginPolicy::default().check(&headers("x", Some("http://y"))), Ok(()));
     }
 }

@@ -21,12 +21,8 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use portcullis_engine::{
-    AuthFailure, BoxFuture, Dispatch, Engine, Outbound, Principal, Sink, TokenVerifier,
-};
-use portcullis_protocol::{
-    Body as RpcBody, Message, ProtocolVersion, Request, parse_body, write_error,
-};
+use portcullis_engine::{AuthFailure, BoxFuture, Dispatch, Engine, Outbound, Principal, Sink, TokenVerifier};
+use portcullis_protocol::{Body as RpcBody, Message, ProtocolVersion, Request, parse_body, write_error};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -106,13 +102,9 @@ impl HttpAuth {
             c.push_str(&format!(", scope=\"{}\"", self.scopes_supported.join(" ")));
         }
         if let Some((code, description)) = error {
-            let description: String = description
-                .chars()
-                .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-                .collect();
-            c.push_str(&format!(
-                ", error=\"{code}\", error_description=\"{description}\""
-            ));
+            let description: String =
+                description.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
+            c.push_str(&format!(", error=\"{code}\", error_description=\"{description}\""));
         }
         c
     }
@@ -162,26 +154,14 @@ pub fn router(
     opts: HttpOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Router {
-    let app = Arc::new(App {
-        engine,
-        store,
-        legacy: LegacySessions::default(),
-        opts: opts.clone(),
-        shutdown,
-    });
+    let app = Arc::new(App { engine, store, legacy: LegacySessions::default(), opts: opts.clone(), shutdown });
     let mut router = Router::new();
     if opts.auth.is_some() {
         // RFC 9728 metadata at the path-inserted and the root well-known URIs
         // (2025-11-25 basic/authorization §Protected Resource Metadata Discovery Requirements).
         router = router
-            .route(
-                &format!("/.well-known/oauth-protected-resource{}", opts.path),
-                get(resource_metadata),
-            )
-            .route(
-                "/.well-known/oauth-protected-resource",
-                get(resource_metadata),
-            );
+            .route(&format!("/.well-known/oauth-protected-resource{}", opts.path), get(resource_metadata))
+            .route("/.well-known/oauth-protected-resource", get(resource_metadata));
     }
     router
         .route(&opts.path, post(post_mcp).get(get_mcp).delete(delete_mcp))
@@ -202,12 +182,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let (tx, rx) = watch::channel(false);
-    let reaper = tokio::spawn(reap(
-        engine.clone(),
-        store.clone(),
-        opts.session_idle_ttl,
-        rx.clone(),
-    ));
+    let reaper = tokio::spawn(reap(engine.clone(), store.clone(), opts.session_idle_ttl, rx.clone()));
     let app = router(engine.clone(), store.clone(), opts, rx.clone());
     // Nagle's algorithm plus delayed ACKs costs 40 ms per small response; disable it everywhere.
     let listener = listener.tap_io(|tcp| {
@@ -240,12 +215,7 @@ pub async fn serve(
 }
 
 /// Ends idle sessions periodically.
-async fn reap(
-    engine: Arc<Engine>,
-    store: Arc<dyn SessionStore>,
-    ttl: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn reap(engine: Arc<Engine>, store: Arc<dyn SessionStore>, ttl: Duration, mut stop: watch::Receiver<bool>) {
     let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
     let mut tick = tokio::time::interval(every);
     loop {
@@ -287,10 +257,7 @@ impl App {
         body: Body,
         trace: &mut Trace,
     ) -> Result<Response, Rejection> {
-        self.opts
-            .origins
-            .check(headers)
-            .map_err(Rejection::Forbidden)?;
+        self.opts.origins.check(headers).map_err(Rejection::Forbidden)?;
         // Every request authenticates; a session id is never a credential.
         let principal = self.authenticate(uri, headers).await?;
         if !wire::is_json_content(headers) {
@@ -311,10 +278,7 @@ impl App {
             // Any supported version is accepted, even one other than the session's: conformance
             // 0.1.16 sends 2025-03-26 on 2025-11-25 sessions (spec.md §2.3 row 19).
             if ProtocolVersion::parse(v.trim()).is_none() {
-                return Err(Rejection::UnsupportedVersion {
-                    requested: v.to_owned(),
-                    id: id_of(&parsed),
-                });
+                return Err(Rejection::UnsupportedVersion { requested: v.to_owned(), id: id_of(&parsed) });
             }
         }
         if let RpcBody::Single(Message::Request(req)) = &parsed
@@ -346,11 +310,7 @@ impl App {
             }
             RpcBody::Batch(items) => {
                 trace.method = Some("batch".into());
-                if !hs
-                    .session()
-                    .version()
-                    .is_some_and(ProtocolVersion::allows_batch)
-                {
+                if !hs.session().version().is_some_and(ProtocolVersion::allows_batch) {
                     return Err(Rejection::BatchNotAllowed);
                 }
                 self.batch(&hs, items).await
@@ -377,23 +337,15 @@ impl App {
         if hs.session().negotiated().is_none() {
             return Ok(wire::single(answer, accept));
         }
-        self.store
-            .insert(hs.clone())
-            .map_err(|_| Rejection::TooManySessions)?;
+        self.store.insert(hs.clone()).map_err(|_| Rejection::TooManySessions)?;
         trace.session = Some(hs.session().id_arc());
         Ok(wire::with_session(wire::single(answer, accept), hs.id()))
     }
 
     /// The session named by `Mcp-Session-Id`, if it exists and belongs to `principal`. Another
     /// principal's session answers exactly like an unknown one (404), revealing nothing.
-    fn session(
-        &self,
-        headers: &HeaderMap,
-        principal: &Principal,
-    ) -> Result<Arc<HttpSession>, Rejection> {
-        let id = headers
-            .get(SESSION_HEADER)
-            .ok_or(Rejection::MissingSession)?;
+    fn session(&self, headers: &HeaderMap, principal: &Principal) -> Result<Arc<HttpSession>, Rejection> {
+        let id = headers.get(SESSION_HEADER).ok_or(Rejection::MissingSession)?;
         let id = id.to_str().map_err(|_| Rejection::UnknownSession)?;
         let hs = self.store.get(id).ok_or(Rejection::UnknownSession)?;
         if !hs.session().admits(principal) {
@@ -405,11 +357,7 @@ impl App {
 
     /// Authenticates the request: `Authorization: Bearer` only (2025-11-25 basic/authorization
     /// §Token Requirements); a token in the query string is refused outright.
-    pub(crate) async fn authenticate(
-        &self,
-        uri: &http::Uri,
-        headers: &HeaderMap,
-    ) -> Result<Principal, Rejection> {
+    pub(crate) async fn authenticate(&self, uri: &http::Uri, headers: &HeaderMap) -> Result<Principal, Rejection> {
         let Some(auth) = &self.opts.auth else {
             return Ok(Principal::anonymous());
         };
@@ -417,18 +365,12 @@ impl App {
             challenge: auth.challenge(error),
             message,
         };
-        if uri
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("access_token=")))
-        {
+        if uri.query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("access_token="))) {
             let m = "access tokens are accepted only in the Authorization header, never in the URL";
             return Err(unauthorized(Some(("invalid_request", m)), m.into()));
         }
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-            return Err(unauthorized(
-                None,
-                "authentication required: send Authorization: Bearer <token>".into(),
-            ));
+            return Err(unauthorized(None, "authentication required: send Authorization: Bearer <token>".into()));
         };
         let token = value
             .to_str()
@@ -443,9 +385,7 @@ impl App {
         };
         match auth.verifier.verify(token).await {
             Ok(p) => Ok(p),
-            Err(AuthFailure::Invalid(m)) => {
-                Err(unauthorized(Some(("invalid_token", &m)), m.clone()))
-            }
+            Err(AuthFailure::Invalid(m)) => Err(unauthorized(Some(("invalid_token", &m)), m.clone())),
             Err(AuthFailure::Unavailable(m)) => {
                 tracing::warn!(reason = %m, "authentication unavailable");
                 Err(Rejection::AuthUnavailable)
@@ -534,10 +474,7 @@ impl App {
 
     fn stream_response(&self, hs: &Arc<HttpSession>, stream: Arc<sse::EventStream>) -> Response {
         // The priming event is a 2025-11-25 addition; older clients may choke on empty data.
-        let priming = hs
-            .session()
-            .version()
-            .is_some_and(|v| v >= ProtocolVersion::V2025_11_25);
+        let priming = hs.session().version().is_some_and(|v| v >= ProtocolVersion::V2025_11_25);
         let id = stream.id();
         let owner = Arc::downgrade(hs);
         let body = sse::reader(
@@ -557,24 +494,13 @@ impl App {
     }
 
     pub(crate) fn framing(&self) -> Framing {
-        Framing {
-            retry: self.opts.sse_retry,
-            keepalive: self.opts.keepalive,
-        }
+        Framing { retry: self.opts.sse_retry, keepalive: self.opts.keepalive }
     }
 
     async fn batch(
         &self,
         hs: &Arc<HttpSession>,
-        items: Vec<
-            Result<
-                Message<'_>,
-                (
-                    Option<portcullis_protocol::RequestId>,
-                    portcullis_protocol::RpcError,
-                ),
-            >,
-        >,
+        items: Vec<Result<Message<'_>, (Option<portcullis_protocol::RequestId>, portcullis_protocol::RpcError)>>,
     ) -> Result<Response, Rejection> {
         let mut answers = Vec::new();
         let mut pending = Vec::new();
@@ -584,29 +510,21 @@ impl App {
                 Ok(Message::Request(r)) if r.method == "initialize" => {
                     return Err(Rejection::InitializeInBatch);
                 }
-                Ok(Message::Request(r)) => {
-                    match self.engine.request(hs.session(), &r, Sink::Session) {
-                        Dispatch::Ready(b) => answers.push(b),
-                        Dispatch::Pending(f) => pending.push(Detached::new(f)),
-                    }
-                }
+                Ok(Message::Request(r)) => match self.engine.request(hs.session(), &r, Sink::Session) {
+                    Dispatch::Ready(b) => answers.push(b),
+                    Dispatch::Pending(f) => pending.push(Detached::new(f)),
+                },
                 Ok(Message::Notification(n)) => self.engine.notification(hs.session(), &n),
                 Ok(Message::Response(r)) => {
                     self.engine.response(hs.session(), &r);
                 }
             }
         }
-        answers.extend(
-            futures_util::future::join_all(pending)
-                .await
-                .into_iter()
-                .flatten(),
-        );
+        answers.extend(futures_util::future::join_all(pending).await.into_iter().flatten());
         if answers.is_empty() {
             return Ok(wire::accepted());
         }
-        let mut out =
-            Vec::with_capacity(answers.iter().map(Vec::len).sum::<usize>() + answers.len() + 2);
+        let mut out = Vec::with_capacity(answers.iter().map(Vec::len).sum::<usize>() + answers.len() + 2);
         out.push(b'[');
         for (i, a) in answers.iter().enumerate() {
             if i > 0 {
@@ -629,23 +547,15 @@ fn deliver(stream: &sse::EventStream, m: Outbound) {
 }
 
 /// Reads the body, refusing more than `limit` bytes (413) before buffering them.
-pub(crate) async fn read_body(
-    body: Body,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<Bytes, Rejection> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Rejection> {
+    let declared =
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Rejection::PayloadTooLarge(limit));
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(Rejection::PayloadTooLarge(limit))
-        }
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Rejection::PayloadTooLarge(limit)),
         Err(_) => Err(Rejection::BodyUnreadable),
     }
 }
@@ -655,23 +565,14 @@ fn tool_name(req: &Request<'_>) -> Option<String> {
     struct P {
         name: String,
     }
-    serde_json::from_str::<P>(req.params?.get())
-        .ok()
-        .map(|p| p.name)
+    serde_json::from_str::<P>(req.params?.get()).ok().map(|p| p.name)
 }
 
 // === GET and DELETE ===
 
-async fn get_mcp(
-    State(app): State<Arc<App>>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-) -> Response {
+async fn get_mcp(State(app): State<Arc<App>>, OriginalUri(uri): OriginalUri, headers: HeaderMap) -> Response {
     let started = Instant::now();
-    let mut trace = Trace {
-        method: Some("stream".into()),
-        ..Trace::default()
-    };
+    let mut trace = Trace { method: Some("stream".into()), ..Trace::default() };
     let resp = match app.get(&uri, &headers, &mut trace).await {
         Ok(r) => r,
         Err(rej) => rej.into_response(),
@@ -687,10 +588,7 @@ impl App {
         headers: &HeaderMap,
         trace: &mut Trace,
     ) -> Result<Response, Rejection> {
-        self.opts
-            .origins
-            .check(headers)
-            .map_err(Rejection::Forbidden)?;
+        self.opts.origins.check(headers).map_err(Rejection::Forbidden)?;
         let principal = self.authenticate(uri, headers).await?;
         let accept = Accept::from_headers(headers);
         if headers.get(SESSION_HEADER).is_none() {
@@ -708,19 +606,13 @@ impl App {
         if let Some(v) = headers.get(VERSION_HEADER) {
             let v = v.to_str().unwrap_or("");
             if ProtocolVersion::parse(v.trim()).is_none() {
-                return Err(Rejection::UnsupportedVersion {
-                    requested: v.to_owned(),
-                    id: None,
-                });
+                return Err(Rejection::UnsupportedVersion { requested: v.to_owned(), id: None });
             }
         }
         let hs = self.session(headers, &principal)?;
         trace.session = Some(hs.session().id_arc());
         hs.session().touch();
-        let resume = headers
-            .get(LAST_EVENT_ID)
-            .and_then(|v| v.to_str().ok())
-            .and_then(sse::parse_event_id);
+        let resume = headers.get(LAST_EVENT_ID).and_then(|v| v.to_str().ok()).and_then(sse::parse_event_id);
         let (stream, cursor) = match resume.and_then(|(s, seq)| hs.stream(s).map(|st| (st, seq))) {
             Some(found) => found,
             // No resumable stream by that id (or no id): the standalone stream, from now on.
@@ -750,16 +642,9 @@ impl App {
     }
 }
 
-async fn delete_mcp(
-    State(app): State<Arc<App>>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-) -> Response {
+async fn delete_mcp(State(app): State<Arc<App>>, OriginalUri(uri): OriginalUri, headers: HeaderMap) -> Response {
     let started = Instant::now();
-    let mut trace = Trace {
-        method: Some("terminate".into()),
-        ..Trace::default()
-    };
+    let mut trace = Trace { method: Some("terminate".into()), ..Trace::default() };
     let resp = match app.delete(&uri, &headers, &mut trace).await {
         Ok(r) => r,
         Err(rej) => rej.into_response(),
@@ -769,21 +654,11 @@ async fn delete_mcp(
 }
 
 impl App {
-    async fn delete(
-        &self,
-        uri: &http::Uri,
-        headers: &HeaderMap,
-        trace: &mut Trace,
-    ) -> Result<Response, Rejection> {
-        self.opts
-            .origins
-            .check(headers)
-            .map_err(Rejection::Forbidden)?;
+    async fn delete(&self, uri: &http::Uri, headers: &HeaderMap, trace: &mut Trace) -> Result<Response, Rejection> {
+        self.opts.origins.check(headers).map_err(Rejection::Forbidden)?;
         let principal = self.authenticate(uri, headers).await?;
         let hs = self.session(headers, &principal)?;
-        self.store
-            .remove(hs.id())
-            .ok_or(Rejection::UnknownSession)?;
+        self.store.remove(hs.id()).ok_or(Rejection::UnknownSession)?;
         trace.session = Some(hs.session().id_arc());
         self.engine.close_session(hs.session());
         hs.finish_streams();
@@ -831,9 +706,7 @@ impl Detached {
     }
 
     fn into_inner(mut self) -> BoxFuture<'static, Option<Vec<u8>>> {
-        self.inner
-            .take()
-            .unwrap_or_else(|| Box::pin(async { None }))
+        self.inner.take().unwrap_or_else(|| Box::pin(async { None }))
     }
 }
 

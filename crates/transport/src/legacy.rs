@@ -46,9 +46,7 @@ const QUEUE: usize = 1024;
 
 impl LegacySessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<LegacySession>>> {
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -76,42 +74,23 @@ pub(crate) fn open(app: &Arc<App>, principal: Principal) -> Result<Response, Rej
         return Err(Rejection::TooManySessions);
     }
     let (tx, rx) = mpsc::channel(QUEUE);
-    let session = Arc::new(Session::new(
-        new_session_id(),
-        Arc::new(ChannelOutlet(tx.clone())),
-    ));
+    let session = Arc::new(Session::new(new_session_id(), Arc::new(ChannelOutlet(tx.clone()))));
     session.bind_owner(principal);
     let id = session.id_arc();
-    app.legacy.lock().insert(
-        id.clone(),
-        Arc::new(LegacySession {
-            session: session.clone(),
-            tx,
-        }),
-    );
-    tracing::debug!(
-        session = crate::http::short(&id),
-        "legacy SSE session opened"
-    );
+    app.legacy.lock().insert(id.clone(), Arc::new(LegacySession { session: session.clone(), tx }));
+    tracing::debug!(session = crate::http::short(&id), "legacy SSE session opened");
     let endpoint = format!("{}?sessionId={id}", app.opts.message_path);
     let mut first = BytesMut::new();
     crate::sse::frame(&mut first, None, Some("endpoint"), endpoint.as_bytes());
     let state = Stream {
         first: Some(first.freeze()),
         rx,
-        keepalive: tokio::time::interval_at(
-            tokio::time::Instant::now() + app.opts.keepalive,
-            app.opts.keepalive,
-        ),
+        keepalive: tokio::time::interval_at(tokio::time::Instant::now() + app.opts.keepalive, app.opts.keepalive),
         shutdown: app.shutdown.clone(),
-        _guard: Guard {
-            app: app.clone(),
-            id,
-        },
+        _guard: Guard { app: app.clone(), id },
     };
-    let body = futures_util::stream::unfold(state, |mut s| async move {
-        s.next().await.map(|b| (Ok::<_, Infallible>(b), s))
-    });
+    let body =
+        futures_util::stream::unfold(state, |mut s| async move { s.next().await.map(|b| (Ok::<_, Infallible>(b), s)) });
     Ok(wire::sse(Body::from_stream(body)))
 }
 
@@ -154,10 +133,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(ls) = self.app.legacy.lock().remove(&self.id) {
             self.app.engine.close_session(&ls.session);
-            tracing::debug!(
-                session = crate::http::short(&self.id),
-                "legacy SSE session closed"
-            );
+            tracing::debug!(session = crate::http::short(&self.id), "legacy SSE session closed");
         }
     }
 }
@@ -191,18 +167,10 @@ async fn post(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Rejection> {
-    app.opts
-        .origins
-        .check(headers)
-        .map_err(Rejection::Forbidden)?;
+    app.opts.origins.check(headers).map_err(Rejection::Forbidden)?;
     let principal = app.authenticate(uri, headers).await?;
     let id = query.0.session_id.ok_or(Rejection::MissingSession)?;
-    let ls = app
-        .legacy
-        .lock()
-        .get(id.as_str())
-        .cloned()
-        .ok_or(Rejection::UnknownSession)?;
+    let ls = app.legacy.lock().get(id.as_str()).cloned().ok_or(Rejection::UnknownSession)?;
     if !ls.session.admits(&principal) {
         return Err(Rejection::UnknownSession);
     }
@@ -215,11 +183,7 @@ async fn post(
     match parsed {
         RpcBody::Single(m) => handle(&app.engine, &ls, m),
         RpcBody::Batch(items) => {
-            if !ls
-                .session
-                .version()
-                .is_some_and(ProtocolVersion::allows_batch)
-            {
+            if !ls.session.version().is_some_and(ProtocolVersion::allows_batch) {
                 return Err(Rejection::BatchNotAllowed);
             }
             for item in items {

@@ -70,9 +70,7 @@ impl EventStream {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Appends a message. When full, the oldest event is dropped (a reconnecting client then
@@ -151,13 +149,8 @@ pub(crate) fn reader(
     on_end: impl FnOnce(bool) + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let generation = stream.attach();
-    let first = priming.then(|| {
-        Bytes::from(format!(
-            "id: {}-{cursor}\nretry: {}\ndata: \n\n",
-            stream.id,
-            framing.retry.as_millis()
-        ))
-    });
+    let first = priming
+        .then(|| Bytes::from(format!("id: {}-{cursor}\nretry: {}\ndata: \n\n", stream.id, framing.retry.as_millis())));
     let start = tokio::time::Instant::now() + framing.keepalive;
     let state = Reader {
         stream,
@@ -169,10 +162,7 @@ pub(crate) fn reader(
         shutdown,
         on_end: Some(Box::new(on_end)),
     };
-    futures_util::stream::unfold(
-        state,
-        |mut r| async move { r.next().await.map(|b| (Ok(b), r)) },
-    )
+    futures_util::stream::unfold(state, |mut r| async move { r.next().await.map(|b| (Ok(b), r)) })
 }
 
 /// The state of one SSE connection reading a stream.

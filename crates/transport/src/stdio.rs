@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use portcullis_engine::{Dispatch, Engine, Outlet, Session, Sink, new_session_id};
-use portcullis_protocol::{
-    Body as RpcBody, Message, ParseError, ProtocolVersion, RpcError, parse_body, write_error,
-};
+use portcullis_protocol::{Body as RpcBody, Message, ParseError, ProtocolVersion, RpcError, parse_body, write_error};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -35,12 +33,7 @@ impl Outlet for Writer {
 }
 
 /// Serves one client on `input`/`output` until `input` ends.
-pub async fn serve<R, W>(
-    engine: Arc<Engine>,
-    input: R,
-    mut output: W,
-    opts: StdioOptions,
-) -> std::io::Result<()>
+pub async fn serve<R, W>(engine: Arc<Engine>, input: R, mut output: W, opts: StdioOptions) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -66,10 +59,8 @@ where
         match read_line(&mut reader, &mut line, opts.max_message_bytes).await? {
             Line::Eof => break,
             Line::TooLong => {
-                let e = RpcError::invalid_request(format!(
-                    "message exceeds the limit of {} bytes",
-                    opts.max_message_bytes
-                ));
+                let e =
+                    RpcError::invalid_request(format!("message exceeds the limit of {} bytes", opts.max_message_bytes));
                 let _ = tx.send(Bytes::from(write_error(None, &e))).await;
             }
             Line::Ok if line.iter().all(u8::is_ascii_whitespace) => {}
@@ -84,9 +75,7 @@ where
                 Ok(RpcBody::Single(m)) => handle(&engine, &session, m, &tx, &mut tasks).await,
                 Ok(RpcBody::Batch(items)) => {
                     if !session.version().is_some_and(ProtocolVersion::allows_batch) {
-                        let e = RpcError::invalid_request(
-                            "JSON-RPC batches are only accepted on 2025-03-26 sessions",
-                        );
+                        let e = RpcError::invalid_request("JSON-RPC batches are only accepted on 2025-03-26 sessions");
                         let _ = tx.send(Bytes::from(write_error(None, &e))).await;
                         continue;
                     }
@@ -104,10 +93,7 @@ where
         while tasks.try_join_next().is_some() {}
     }
     // stdin closed: the client is leaving. Give running handlers a short grace, then stop.
-    let _ = tokio::time::timeout(opts.grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(opts.grace, async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     engine.close_session(&session);
     drop(session);

@@ -90,9 +90,7 @@ impl HttpSession {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<EventStream>>> {
-        self.streams
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn standalone(&self) -> &Arc<EventStream> {
@@ -136,9 +134,7 @@ impl HttpSession {
 
 impl std::fmt::Debug for HttpSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpSession")
-            .field("session", &self.session)
-            .finish_non_exhaustive()
+        f.debug_struct("HttpSession").field("session", &self.session).finish_non_exhaustive()
     }
 }
 
@@ -182,11 +178,7 @@ impl SessionStore for MemoryStore {
     }
 
     fn get(&self, id: &str) -> Option<Arc<HttpSession>> {
-        self.shard(id)
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-            .cloned()
+        self.shard(id).read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
     }
 
     fn remove(&self, id: &str) -> Option<Arc<HttpSession>> {

@@ -36,10 +36,7 @@ pub(crate) enum Rejection {
     /// Unknown, expired or terminated session: 404 (clients then re-initialize).
     UnknownSession,
     /// `MCP-Protocol-Version` names a version we do not speak: 400.
-    UnsupportedVersion {
-        requested: String,
-        id: Option<RequestId>,
-    },
+    UnsupportedVersion { requested: String, id: Option<RequestId> },
     /// A JSON-RPC batch on a session that is not 2025-03-26: 400.
     BatchNotAllowed,
     /// `initialize` inside a batch: 400.
@@ -82,25 +79,13 @@ impl Rejection {
         match self {
             Self::Forbidden(Refusal::Host) => (None, invalid("Host header not allowed".into())),
             Self::Forbidden(Refusal::Origin) => (None, invalid("Origin not allowed".into())),
-            Self::UnsupportedMediaType => (
-                None,
-                invalid("Content-Type must be application/json".into()),
-            ),
-            Self::NotAcceptable => (
-                None,
-                invalid("Accept must allow application/json or text/event-stream".into()),
-            ),
-            Self::PayloadTooLarge(limit) => (
-                None,
-                invalid(format!("body exceeds the limit of {limit} bytes")),
-            ),
+            Self::UnsupportedMediaType => (None, invalid("Content-Type must be application/json".into())),
+            Self::NotAcceptable => (None, invalid("Accept must allow application/json or text/event-stream".into())),
+            Self::PayloadTooLarge(limit) => (None, invalid(format!("body exceeds the limit of {limit} bytes"))),
             Self::BodyUnreadable => (None, invalid("the request body could not be read".into())),
             Self::Parse(ParseError::Parse(msg)) => (None, RpcError::parse(msg.clone())),
             Self::Parse(ParseError::Invalid(id, msg)) => (id.as_ref(), invalid(msg.clone())),
-            Self::MissingSession => (
-                None,
-                invalid("missing Mcp-Session-Id header: send initialize first".into()),
-            ),
+            Self::MissingSession => (None, invalid("missing Mcp-Session-Id header: send initialize first".into())),
             Self::UnknownSession => (
                 None,
                 RpcError::new(
@@ -111,11 +96,7 @@ impl Rejection {
             Self::UnsupportedVersion { requested, id } => {
                 // Deliberately a legacy -32600, not the 2026-07-28 -32022: a dual-era client then
                 // falls back to `initialize` (modern-protocol.md §2.1).
-                let supported: Vec<&str> = ProtocolVersion::ALL
-                    .iter()
-                    .rev()
-                    .map(|v| v.as_str())
-                    .collect();
+                let supported: Vec<&str> = ProtocolVersion::ALL.iter().rev().map(|v| v.as_str()).collect();
                 (
                     id.as_ref(),
                     invalid(format!(
@@ -125,29 +106,16 @@ impl Rejection {
                     .with_data(serde_json::json!({ "supported": supported, "requested": requested })),
                 )
             }
-            Self::BatchNotAllowed => (
-                None,
-                invalid("JSON-RPC batches are only accepted on 2025-03-26 sessions".into()),
-            ),
-            Self::InitializeInBatch => (
-                None,
-                invalid("initialize must not be part of a batch".into()),
-            ),
-            Self::TooManySessions => (
-                None,
-                RpcError::internal("too many sessions; try again later"),
-            ),
-            Self::MethodNotAllowed(allow) => (
-                None,
-                invalid(format!("method not allowed here; allowed: {allow}")),
-            ),
-            Self::Unauthorized { message, .. } => {
-                (None, invalid(format!("unauthorized: {message}")))
+            Self::BatchNotAllowed => {
+                (None, invalid("JSON-RPC batches are only accepted on 2025-03-26 sessions".into()))
             }
-            Self::AuthUnavailable => (
-                None,
-                RpcError::internal("authentication is temporarily unavailable; try again later"),
-            ),
+            Self::InitializeInBatch => (None, invalid("initialize must not be part of a batch".into())),
+            Self::TooManySessions => (None, RpcError::internal("too many sessions; try again later")),
+            Self::MethodNotAllowed(allow) => (None, invalid(format!("method not allowed here; allowed: {allow}"))),
+            Self::Unauthorized { message, .. } => (None, invalid(format!("unauthorized: {message}"))),
+            Self::AuthUnavailable => {
+                (None, RpcError::internal("authentication is temporarily unavailable; try again later"))
+            }
         }
     }
 }
@@ -158,12 +126,10 @@ impl IntoResponse for Rejection {
         let mut resp = json(self.status(), Bytes::from(write_error(id, &err)));
         match self {
             Self::TooManySessions => {
-                resp.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
             Self::MethodNotAllowed(allow) => {
-                resp.headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static(allow));
+                resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
             }
             Self::Unauthorized { challenge, .. } => {
                 if let Ok(v) = HeaderValue::from_str(&challenge) {
@@ -171,8 +137,7 @@ impl IntoResponse for Rejection {
                 }
             }
             Self::AuthUnavailable => {
-                resp.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
         }
@@ -190,10 +155,7 @@ pub(crate) struct Accept {
 
 impl Accept {
     pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
-        let mut a = Self {
-            json: false,
-            sse: false,
-        };
+        let mut a = Self { json: false, sse: false };
         let mut any = false;
         for value in headers.get_all(http::header::ACCEPT) {
             let Ok(value) = value.to_str() else { continue };
@@ -211,14 +173,7 @@ impl Accept {
                 }
             }
         }
-        if any {
-            a
-        } else {
-            Self {
-                json: true,
-                sse: true,
-            }
-        }
+        if any { a } else { Self { json: true, sse: true } }
     }
 }
 
@@ -235,8 +190,7 @@ pub(crate) fn is_json_content(headers: &HeaderMap) -> bool {
 pub(crate) fn json(status: StatusCode, body: Bytes) -> Response {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -255,10 +209,7 @@ pub(crate) fn sse(body: Body) -> Response {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(
-        CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
-    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
     // Proxies such as nginx must not buffer the stream.
     h.insert(ACCEL_BUFFERING, HeaderValue::from_static("no"));
     resp
@@ -293,64 +244,19 @@ mod tests {
 
     #[test]
     fn accept_is_liberal() {
-        assert_eq!(
-            accept(None),
-            Accept {
-                json: true,
-                sse: true
-            }
-        );
-        assert_eq!(
-            accept(Some("*/*")),
-            Accept {
-                json: true,
-                sse: true
-            }
-        );
-        assert_eq!(
-            accept(Some("application/json")),
-            Accept {
-                json: true,
-                sse: false
-            }
-        );
-        assert_eq!(
-            accept(Some("text/event-stream")),
-            Accept {
-                json: false,
-                sse: true
-            }
-        );
-        assert_eq!(
-            accept(Some("application/json;q=0.9, text/event-stream")),
-            Accept {
-                json: true,
-                sse: true
-            }
-        );
-        assert_eq!(
-            accept(Some("text/html")),
-            Accept {
-                json: false,
-                sse: false
-            }
-        );
+        assert_eq!(accept(None), Accept { json: true, sse: true });
+        assert_eq!(accept(Some("*/*")), Accept { json: true, sse: true });
+        assert_eq!(accept(Some("application/json")), Accept { json: true, sse: false });
+        assert_eq!(accept(Some("text/event-stream")), Accept { json: false, sse: true });
+        assert_eq!(accept(Some("application/json;q=0.9, text/event-stream")), Accept { json: true, sse: true });
+        assert_eq!(accept(Some("text/html")), Accept { json: false, sse: false });
     }
 
     #[test]
     fn statuses() {
         assert_eq!(Rejection::UnknownSession.status(), StatusCode::NOT_FOUND);
-        assert_eq!(
-            Rejection::PayloadTooLarge(1).status(),
-            StatusCode::PAYLOAD_TOO_LARGE
-        );
-        assert_eq!(
-            Rejection::UnsupportedMediaType.status(),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE
-        );
-        assert_eq!(
-            Rejection::Forbidden(Refusal::Origin).status(),
-            StatusCode::FORBIDDEN
-        );
+        assert_eq!(Rejection::PayloadTooLarge(1).status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(Rejection::UnsupportedMediaType.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(Rejection::Forbidden(Refusal::Origin).status(), StatusCode::FORBIDDEN);
     }
 }
