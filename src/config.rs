@@ -52,6 +52,34 @@ pub struct AuthSection {
     pub issuers: Vec<IssuerSection>,
     /// Service-account API keys (`[[auth.api_keys]]`), stored as SHA-256 hashes only.
     pub api_keys: Vec<ApiKeySection>,
+    /// RFC 7662 introspection for opaque access tokens (`[auth.introspection]`).
+    pub introspection: Option<IntrospectionSection>,
+}
+
+/// `[auth.introspection]`: where opaque tokens are checked, and Portcullis's client credentials
+/// there. The secret comes from the environment or a file, never inline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSection {
+    /// The introspection endpoint URL.
+    pub endpoint: String,
+    /// Portcullis's client id at the authorization server.
+    pub client_id: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret; a trailing newline is ignored.
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// Accepted `aud` values (default: the resource URL).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Claim holding the tenant.
+    pub tenant_claim: Option<String>,
+    /// Claims holding roles (default `["roles"]`).
+    #[serde(default = "default_role_claims")]
+    pub role_claims: Vec<String>,
+    /// Claims holding scopes (default `["scope", "scp"]`).
+    #[serde(default = "default_scope_claims")]
+    pub scope_claims: Vec<String>,
 }
 
 /// `[[auth.api_keys]]`: one service account. `portcullis api-key` prints a new key and its hash.
@@ -149,6 +177,7 @@ impl Default for AuthSection {
             cache_entries: 10_000,
             issuers: Vec::new(),
             api_keys: Vec::new(),
+            introspection: None,
         }
     }
 }
@@ -420,16 +449,16 @@ impl Config {
 fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAuth>, ConfigError> {
     use portcullis_auth::{Authenticator, ClaimMapping, Issuer, IssuerKeys, Jwks, JwksOptions};
     if a.mode == AuthMode::Off {
-        if !a.issuers.is_empty() || !a.api_keys.is_empty() {
+        if !a.issuers.is_empty() || !a.api_keys.is_empty() || a.introspection.is_some() {
             return Err(ConfigError::Invalid(
                 "auth.issuers or auth.api_keys is set but auth.mode is \"off\"; set mode = \"jwt\"".into(),
             ));
         }
         return Ok(None);
     }
-    if a.issuers.is_empty() && a.api_keys.is_empty() {
+    if a.issuers.is_empty() && a.api_keys.is_empty() && a.introspection.is_none() {
         return Err(ConfigError::Invalid(
-            "auth.mode = \"jwt\" needs at least one [[auth.issuers]] or [[auth.api_keys]]".into(),
+            "auth.mode = \"jwt\" needs [[auth.issuers]], [[auth.api_keys]] or [auth.introspection]".into(),
         ));
     }
     let mut api_keys = Vec::new();
@@ -527,12 +556,41 @@ fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAut
                 .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?,
         );
     }
+    let mut authenticator = Authenticator::new(issuers, a.cache_ttl, a.cache_entries).with_api_keys(api_keys);
+    if let Some(is) = &a.introspection {
+        let at = "auth.introspection";
+        let secret = match (&is.client_secret_env, &is.client_secret_file) {
+            (Some(var), None) => std::env::var(var)
+                .map_err(|_| ConfigError::Invalid(format!("{at}: environment variable {var} is not set")))?,
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| ConfigError::Invalid(format!("{at}: cannot read {}: {e}", file.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}: set exactly one of client_secret_env, client_secret_file"
+                )));
+            }
+        };
+        let audiences = if is.audiences.is_empty() { vec![resource.clone()] } else { is.audiences.clone() };
+        let claims = ClaimMapping {
+            tenant: is.tenant_claim.clone(),
+            roles: is.role_claims.clone(),
+            scopes: is.scope_claims.clone(),
+        };
+        authenticator = authenticator.with_introspection(portcullis_auth::Introspection::new(
+            is.endpoint.clone(),
+            is.client_id.clone(),
+            secret,
+            audiences,
+            claims,
+            client.clone(),
+        ));
+    }
     let authorization_servers =
         a.authorization_servers.unwrap_or_else(|| a.issuers.iter().map(|i| i.issuer.clone()).collect());
     Ok(Some(HttpAuth {
-        verifier: std::sync::Arc::new(
-            Authenticator::new(issuers, a.cache_ttl, a.cache_entries).with_api_keys(api_keys),
-        ),
+        verifier: std::sync::Arc::new(authenticator),
         resource,
         authorization_servers,
         scopes_supported: a.scopes_supported,

@@ -162,3 +162,52 @@ async fn tokens_from_oidc_provider() {
     assert_eq!(try_token(rotated).await.0, 200, "a token signed with the new key is accepted");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opaque_tokens_through_introspection_and_revocation() {
+    const OPAQUE: &str = "http://portcullis-opaque.test/mcp";
+    let port = free_port();
+    let _guard = Idps(vec![port]);
+    let iss = idp(
+        &["start", &port.to_string()],
+        &[("MCP_RESOURCE", RESOURCE.into()), ("MCP_OPAQUE_RESOURCE", OPAQUE.into())],
+    );
+    let introspection = portcullis_auth::Introspection::new(
+        format!("{iss}/token/introspection"),
+        "mcp-test-client".into(),
+        "mcp-test-secret".into(),
+        vec![OPAQUE.into()],
+        ClaimMapping::default(),
+        reqwest::Client::new(),
+    );
+    // Introspection answers are trusted for one second: that is the revocation delay documented
+    // for this configuration.
+    let authenticator = Authenticator::new(vec![], Duration::from_secs(1), 100).with_introspection(introspection);
+    let s = start_with(move |o| {
+        o.auth = Some(HttpAuth {
+            verifier: Arc::new(authenticator),
+            resource: OPAQUE.into(),
+            authorization_servers: vec![],
+            scopes_supported: vec!["mcp:tools".into()],
+        });
+    })
+    .await;
+    let c = client();
+    let status = |token: String| {
+        let (c, url) = (c.clone(), s.url());
+        async move {
+            let r = post(&c, &url).bearer_auth(&token).json(&init()).send().await.unwrap();
+            let challenge = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), challenge.unwrap_or_default())
+        }
+    };
+    let token = idp(&["opaque-token", &port.to_string(), OPAQUE], &[]);
+    assert_eq!(token.matches('.').count(), 0, "an opaque token, not a JWT");
+    assert_eq!(status(token.clone()).await.0, 200);
+    assert_eq!(status("not-a-token-the-idp-issued".into()).await.0, 401);
+    idp(&["revoke", &port.to_string(), &token], &[]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, challenge) = status(token).await;
+    assert_eq!(code, 401, "refused once the cached answer expires after revocation");
+    assert!(challenge.contains("not active"), "{challenge}");
+}

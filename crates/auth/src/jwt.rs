@@ -82,6 +82,9 @@ pub enum JwtError {
     /// Anything else wrong with the token.
     #[error("invalid token")]
     Invalid,
+    /// Introspection says the token is not active (revoked, expired or unknown).
+    #[error("token is not active")]
+    Inactive,
     /// The issuer configuration is unusable.
     #[error("{0}")]
     Config(String),
@@ -198,6 +201,15 @@ pub fn peek_issuer(token: &str) -> Option<String> {
 
 fn principal(claims: &Map<String, Value>, mapping: &ClaimMapping) -> Result<Principal, JwtError> {
     let subject = claims.get("sub").and_then(Value::as_str).ok_or(JwtError::MissingClaim("sub"))?.to_owned();
+    map_claims(claims, mapping, subject)
+}
+
+/// Maps claims (from a JWT or an introspection answer) to a principal for `subject`.
+pub(crate) fn map_claims(
+    claims: &Map<String, Value>,
+    mapping: &ClaimMapping,
+    subject: String,
+) -> Result<Principal, JwtError> {
     let client_id =
         ["client_id", "azp", "cid"].iter().find_map(|k| claims.get(*k).and_then(Value::as_str)).map(str::to_owned);
     let mut scopes = Vec::new();

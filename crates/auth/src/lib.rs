@@ -12,6 +12,7 @@
 
 pub mod apikey;
 pub mod cache;
+pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 
@@ -22,6 +23,7 @@ use portcullis_engine::{AuthFailure, BoxFuture, Principal, TokenVerifier};
 
 pub use apikey::ApiKey;
 pub use cache::TokenCache;
+pub use introspect::Introspection;
 pub use jwks::{Jwks, JwksOptions};
 pub use jwt::{ClaimMapping, Issuer, IssuerKeys, JwtError};
 
@@ -32,6 +34,7 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub struct Authenticator {
     issuers: Vec<Issuer>,
     api_keys: Vec<ApiKey>,
+    introspection: Option<Introspection>,
     cache: TokenCache,
 }
 
@@ -41,13 +44,20 @@ impl Authenticator {
     /// An authenticator over `issuers`; `cache_ttl` bounds how long a verified token is trusted
     /// without re-verification (never past its `exp`), `cache_entries` the cache size.
     pub fn new(issuers: Vec<Issuer>, cache_ttl: Duration, cache_entries: usize) -> Self {
-        Self { issuers, api_keys: Vec::new(), cache: TokenCache::new(cache_ttl, cache_entries) }
+        Self { issuers, api_keys: Vec::new(), introspection: None, cache: TokenCache::new(cache_ttl, cache_entries) }
     }
 
     /// Adds service-account API keys (checked for bearer tokens that are not JWTs).
     #[must_use]
     pub fn with_api_keys(mut self, keys: Vec<ApiKey>) -> Self {
         self.api_keys = keys;
+        self
+    }
+
+    /// Checks opaque tokens (not JWTs, not API keys) by RFC 7662 introspection.
+    #[must_use]
+    pub fn with_introspection(mut self, introspection: Introspection) -> Self {
+        self.introspection = Some(introspection);
         self
     }
 
@@ -61,7 +71,15 @@ impl Authenticator {
         }
         // A JWT has exactly two dots; anything else can only be an API key.
         if token.bytes().filter(|&b| b == b'.').count() != 2 {
-            return apikey::find(&self.api_keys, token).ok_or_else(|| AuthFailure::Invalid("unknown API key".into()));
+            if let Some(p) = apikey::find(&self.api_keys, token) {
+                return Ok(p);
+            }
+            let Some(introspection) = &self.introspection else {
+                return Err(AuthFailure::Invalid("unknown API key".into()));
+            };
+            let principal = introspection.check(token).await.map_err(failure)?;
+            self.cache.put(token, &principal);
+            return Ok(principal);
         }
         // Route by the unverified `iss`; the signature check below is what makes it trusted.
         let iss = jwt::peek_issuer(token).ok_or_else(|| AuthFailure::Invalid("malformed token".into()))?;
@@ -70,12 +88,16 @@ impl Authenticator {
             .iter()
             .find(|i| i.issuer() == iss)
             .ok_or_else(|| AuthFailure::Invalid("token issuer not accepted".into()))?;
-        let principal = issuer.verify(token).await.map_err(|e| match e {
-            JwtError::Unavailable(m) => AuthFailure::Unavailable(m),
-            other => AuthFailure::Invalid(other.to_string()),
-        })?;
+        let principal = issuer.verify(token).await.map_err(failure)?;
         self.cache.put(token, &principal);
         Ok(principal)
+    }
+}
+
+fn failure(e: JwtError) -> AuthFailure {
+    match e {
+        JwtError::Unavailable(m) => AuthFailure::Unavailable(m),
+        other => AuthFailure::Invalid(other.to_string()),
     }
 }
 
