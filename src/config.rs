@@ -54,6 +54,8 @@ pub struct AuthSection {
     pub api_keys: Vec<ApiKeySection>,
     /// RFC 7662 introspection for opaque access tokens (`[auth.introspection]`).
     pub introspection: Option<IntrospectionSection>,
+    /// SQLite file of revoked token ids, subjects and clients (`portcullis token revoke` writes it).
+    pub revocation_db: std::path::PathBuf,
 }
 
 /// `[auth.introspection]`: where opaque tokens are checked, and Portcullis's client credentials
@@ -178,6 +180,7 @@ impl Default for AuthSection {
             issuers: Vec::new(),
             api_keys: Vec::new(),
             introspection: None,
+            revocation_db: ".portcullis/revocations.db".into(),
         }
     }
 }
@@ -556,7 +559,10 @@ fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAut
                 .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?,
         );
     }
-    let mut authenticator = Authenticator::new(issuers, a.cache_ttl, a.cache_entries).with_api_keys(api_keys);
+    let revocations = open_revocations(&a.revocation_db)?;
+    let mut authenticator = Authenticator::new(issuers, a.cache_ttl, a.cache_entries)
+        .with_api_keys(api_keys)
+        .with_revocations(std::sync::Arc::new(revocations));
     if let Some(is) = &a.introspection {
         let at = "auth.introspection";
         let secret = match (&is.client_secret_env, &is.client_secret_file) {
@@ -595,6 +601,15 @@ fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAut
         authorization_servers,
         scopes_supported: a.scopes_supported,
     }))
+}
+
+/// Opens the revocation database, creating its directory.
+pub fn open_revocations(path: &std::path::Path) -> Result<portcullis_auth::Revocations, ConfigError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ConfigError::Invalid(format!("auth.revocation_db: cannot create {}: {e}", dir.display())))?;
+    }
+    portcullis_auth::Revocations::open(path).map_err(|e| ConfigError::Invalid(format!("auth.revocation_db: {e}")))
 }
 
 fn secret_key(secret: &[u8], at: &str) -> Result<jsonwebtoken::DecodingKey, ConfigError> {
@@ -683,7 +698,7 @@ mod tests {
 
     #[test]
     fn auth_config_is_checked() {
-        assert!(err("[auth]\nmode = \"jwt\"\n").contains("at least one"));
+        assert!(err("[auth]\nmode = \"jwt\"\n").contains("needs [[auth.issuers]]"));
         let base = "[auth]\nmode = \"jwt\"\n[[auth.issuers]]\nissuer = \"https://idp\"\n";
         assert!(
             err(&format!("{base}algorithms = [\"none\"]\njwks_url = \"https://idp/jwks\"\n"))
@@ -702,12 +717,17 @@ mod tests {
             err(&format!("{base}algorithms = [\"RS256\"]\njwks_url = \"https://idp/jwks\"\nsecret = \"inline\"\n"))
                 .contains("secret")
         );
-        let ok = format!("{base}algorithms = [\"RS256\"]\njwks_url = \"https://idp/jwks\"\n");
+        let db = std::env::temp_dir().join(format!("portcullis-cfg-rev-{}.db", std::process::id()));
+        let ok = format!(
+            "[auth]\nmode = \"jwt\"\nrevocation_db = {:?}\n[[auth.issuers]]\nissuer = \"https://idp\"\nalgorithms = [\"RS256\"]\njwks_url = \"https://idp/jwks\"\n",
+            db.display().to_string()
+        );
         let c = Config::resolve(RawConfig::parse(&ok, "x").unwrap()).unwrap();
         let auth = c.http.auth.unwrap();
         assert_eq!(auth.resource, "http://127.0.0.1:8080/mcp");
         assert_eq!(auth.metadata_url(), "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp");
         assert_eq!(auth.authorization_servers, ["https://idp"]);
+        let _ = std::fs::remove_file(&db);
     }
 
     #[test]

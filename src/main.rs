@@ -36,6 +36,28 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Token administration.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Revoke by token id, subject or client id; a running server refuses it on its next request.
+    Revoke {
+        /// Configuration file naming auth.revocation_db (default: the embedded default's path).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// A token id (`jti`).
+        #[arg(long, group = "what")]
+        jti: Option<String>,
+        /// A subject (`sub`): every token of that user.
+        #[arg(long, group = "what")]
+        sub: Option<String>,
+        /// A client id: every token issued to that client.
+        #[arg(long, group = "what")]
+        client: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -60,6 +82,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { file } => check_config(&file),
         Command::ApiKey { name } => api_key(&name),
+        Command::Token(TokenCommand::Revoke { config, jti, sub, client }) => revoke(config.as_ref(), jti, sub, client),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +106,29 @@ fn check_config(file: &PathBuf) -> anyhow::Result<()> {
     let (config, _) = load(Some(file))?;
     eprintln!("{} is valid", file.display());
     eprintln!("{config:#?}");
+    Ok(())
+}
+
+fn revoke(
+    config: Option<&PathBuf>,
+    jti: Option<String>,
+    sub: Option<String>,
+    client: Option<String>,
+) -> anyhow::Result<()> {
+    use portcullis_auth::Revoke;
+    let raw = match config {
+        Some(p) => RawConfig::load(p)?,
+        None => RawConfig::default(),
+    };
+    let what = match (jti, sub, client) {
+        (Some(j), None, None) => Revoke::TokenId(j),
+        (None, Some(s), None) => Revoke::Subject(s),
+        (None, None, Some(c)) => Revoke::Client(c),
+        _ => anyhow::bail!("give exactly one of --jti, --sub, --client"),
+    };
+    let db = portcullis::config::open_revocations(&raw.auth.revocation_db)?;
+    db.revoke(&what)?;
+    eprintln!("revoked {what:?} in {}", raw.auth.revocation_db.display());
     Ok(())
 }
 

@@ -385,3 +385,65 @@ async fn service_accounts_authenticate_with_api_keys() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn attack_a_revoked_jti_is_refused_on_the_very_next_request() {
+    let dir = std::env::temp_dir().join(format!("portcullis-revoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("revocations.db");
+    let server_side = Arc::new(portcullis_auth::Revocations::open(&db).unwrap());
+    let keys = key_server(&["rsa-a"]).await;
+    let jwks = Arc::new(Jwks::new(
+        keys.url.clone(),
+        reqwest::Client::new(),
+        JwksOptions {
+            max_age: Duration::from_secs(600),
+            min_refetch: Duration::from_secs(30),
+            timeout: Duration::from_secs(2),
+        },
+    ));
+    let issuer = Issuer::new(
+        ISS.into(),
+        vec![AUD.into()],
+        vec![Algorithm::RS256],
+        Duration::from_secs(5),
+        IssuerKeys::Jwks(jwks),
+        ClaimMapping::default(),
+    )
+    .unwrap();
+    // A long cache TTL: revocation must still bite on cached tokens.
+    let verifier = Authenticator::new(vec![issuer], Duration::from_secs(600), 100).with_revocations(server_side);
+    let s = start_with(move |o| {
+        o.auth = Some(HttpAuth {
+            verifier: Arc::new(verifier),
+            resource: AUD.into(),
+            authorization_servers: vec![],
+            scopes_supported: vec![],
+        });
+    })
+    .await;
+    let token = sign(RSA_A, "rsa-a", &claims("alice", AUD));
+    let r = init_with(&s, &token).await;
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    // Another process (the `portcullis token revoke` CLI) writes the revocation.
+    portcullis_auth::Revocations::open(&db)
+        .unwrap()
+        .revoke(&portcullis_auth::Revoke::TokenId("jti-alice".into()))
+        .unwrap();
+    let r = post(&client(), &s.url())
+        .bearer_auth(&token)
+        .header("mcp-session-id", &sid)
+        .json(&rpc(2, "ping", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(challenge(&r).contains("revoked"));
+    // Other users are unaffected; revoking the subject stops bob's next token too.
+    let bob = sign(RSA_A, "rsa-a", &claims("bob", AUD));
+    assert_eq!(init_with(&s, &bob).await.status(), 200);
+    portcullis_auth::Revocations::open(&db).unwrap().revoke(&portcullis_auth::Revoke::Subject("bob".into())).unwrap();
+    assert_eq!(init_with(&s, &bob).await.status(), 401);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
+pub mod revocation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub use cache::TokenCache;
 pub use introspect::Introspection;
 pub use jwks::{Jwks, JwksOptions};
 pub use jwt::{ClaimMapping, Issuer, IssuerKeys, JwtError};
+pub use revocation::{Revocations, Revoke};
 
 /// Tokens longer than this are refused before any parsing (a real access token is a few KB).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -35,6 +37,7 @@ pub struct Authenticator {
     issuers: Vec<Issuer>,
     api_keys: Vec<ApiKey>,
     introspection: Option<Introspection>,
+    revocations: Option<Arc<Revocations>>,
     cache: TokenCache,
 }
 
@@ -44,7 +47,13 @@ impl Authenticator {
     /// An authenticator over `issuers`; `cache_ttl` bounds how long a verified token is trusted
     /// without re-verification (never past its `exp`), `cache_entries` the cache size.
     pub fn new(issuers: Vec<Issuer>, cache_ttl: Duration, cache_entries: usize) -> Self {
-        Self { issuers, api_keys: Vec::new(), introspection: None, cache: TokenCache::new(cache_ttl, cache_entries) }
+        Self {
+            issuers,
+            api_keys: Vec::new(),
+            introspection: None,
+            revocations: None,
+            cache: TokenCache::new(cache_ttl, cache_entries),
+        }
     }
 
     /// Adds service-account API keys (checked for bearer tokens that are not JWTs).
@@ -61,8 +70,25 @@ impl Authenticator {
         self
     }
 
-    /// Verifies one token.
+    /// Refuses revoked tokens, subjects and clients, checked on every request (cached ones too).
+    #[must_use]
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
+    /// Verifies one token and checks it is not revoked.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthFailure> {
+        let principal = self.verify_token(token).await?;
+        if let Some(r) = &self.revocations
+            && r.is_revoked(&principal)
+        {
+            return Err(AuthFailure::Invalid("token revoked".into()));
+        }
+        Ok(principal)
+    }
+
+    async fn verify_token(&self, token: &str) -> Result<Principal, AuthFailure> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthFailure::Invalid(format!("token longer than {MAX_TOKEN_BYTES} bytes")));
         }
