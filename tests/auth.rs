@@ -78,37 +78,32 @@ struct Secured {
     jwks: Arc<Jwks>,
 }
 
-async fn secured(min_refetch: Duration) -> Secured {
-    let keys = key_server(&["rsa-a"]).await;
-    let jwks = Arc::new(Jwks::new(
-        keys.url.clone(),
-        reqwest::Client::new(),
-        JwksOptions { max_age: Duration::from_secs(600), min_refetch, timeout: Duration::from_secs(2) },
-    ));
-    let issuer = Issuer::new(
+fn jwks_for(url: &str, min_refetch: Duration) -> Arc<Jwks> {
+    let opts = JwksOptions { max_age: Duration::from_secs(600), min_refetch, timeout: Duration::from_secs(2) };
+    Arc::new(Jwks::new(url.to_owned(), reqwest::Client::new(), opts))
+}
+
+/// The test issuer: RS256 only, keys from `jwks`, tokens for [`AUD`].
+fn rs256_issuer(jwks: Arc<Jwks>, audiences: Vec<String>) -> Result<Issuer, portcullis_auth::JwtError> {
+    Issuer::new(
         ISS.into(),
-        vec![], // filled below once the URL is known
+        audiences,
         vec![Algorithm::RS256],
         Duration::from_secs(5),
-        IssuerKeys::Jwks(jwks.clone()),
+        IssuerKeys::Jwks(jwks),
         ClaimMapping::default(),
-    );
-    assert!(issuer.is_err(), "an issuer without audiences is refused");
-    let jwks2 = jwks.clone();
+    )
+}
+
+async fn secured(min_refetch: Duration) -> Secured {
+    let keys = key_server(&["rsa-a"]).await;
+    let jwks = jwks_for(&keys.url, min_refetch);
+    assert!(rs256_issuer(jwks.clone(), vec![]).is_err(), "an issuer without audiences is refused");
+    let issuer = rs256_issuer(jwks.clone(), vec![AUD.into()]).unwrap();
     let server = start_with(move |o| {
-        let resource = "http://RESOURCE/mcp".to_owned();
-        let issuer = Issuer::new(
-            ISS.into(),
-            vec![resource.clone()],
-            vec![Algorithm::RS256],
-            Duration::from_secs(5),
-            IssuerKeys::Jwks(jwks2),
-            ClaimMapping::default(),
-        )
-        .unwrap();
         o.auth = Some(HttpAuth {
             verifier: Arc::new(Authenticator::new(vec![issuer], Duration::from_secs(60), 1000)),
-            resource,
+            resource: AUD.into(),
             authorization_servers: vec![ISS.into()],
             scopes_supported: vec!["mcp:tools".into()],
         });
@@ -393,24 +388,7 @@ async fn attack_a_revoked_jti_is_refused_on_the_very_next_request() {
     let db = dir.join("revocations.db");
     let server_side = Arc::new(portcullis_auth::Revocations::open(&db).unwrap());
     let keys = key_server(&["rsa-a"]).await;
-    let jwks = Arc::new(Jwks::new(
-        keys.url.clone(),
-        reqwest::Client::new(),
-        JwksOptions {
-            max_age: Duration::from_secs(600),
-            min_refetch: Duration::from_secs(30),
-            timeout: Duration::from_secs(2),
-        },
-    ));
-    let issuer = Issuer::new(
-        ISS.into(),
-        vec![AUD.into()],
-        vec![Algorithm::RS256],
-        Duration::from_secs(5),
-        IssuerKeys::Jwks(jwks),
-        ClaimMapping::default(),
-    )
-    .unwrap();
+    let issuer = rs256_issuer(jwks_for(&keys.url, Duration::from_secs(30)), vec![AUD.into()]).unwrap();
     // A long cache TTL: revocation must still bite on cached tokens.
     let verifier = Authenticator::new(vec![issuer], Duration::from_secs(600), 100).with_revocations(server_side);
     let s = start_with(move |o| {
