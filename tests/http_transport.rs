@@ -293,3 +293,33 @@ async fn legacy_sse_transport_round_trip() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn streams_carry_keepalives_and_every_endpoint_checks_origin() {
+    let s = start_with(|o| o.keepalive = Duration::from_millis(100)).await;
+    let c = client();
+    let sid = initialize(&c, &s.url(), LATEST).await;
+    let mut r =
+        c.get(s.url()).header("accept", "text/event-stream").header("mcp-session-id", &sid).send().await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains(": keepalive") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), r.chunk()).await.unwrap().unwrap().unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    drop(r);
+    let evil = "http://evil.example.com";
+    let get =
+        c.get(s.url()).header("origin", evil).header("accept", "text/event-stream").header("mcp-session-id", &sid);
+    assert_eq!(get.send().await.unwrap().status(), 403);
+    let del = c.delete(s.url()).header("origin", evil).header("mcp-session-id", &sid);
+    assert_eq!(del.send().await.unwrap().status(), 403);
+    let sse = c.get(format!("{}/sse", s.base)).header("origin", evil).header("accept", "text/event-stream");
+    assert_eq!(sse.send().await.unwrap().status(), 403);
+    let msg = c
+        .post(format!("{}/message?sessionId=x", s.base))
+        .header("origin", evil)
+        .header("content-type", "application/json");
+    assert_eq!(msg.body("{}").send().await.unwrap().status(), 403);
+    // The session survived every refused request.
+    assert_eq!(call(&c, &s.url(), &sid, &rpc(2, "ping", json!({}))).await.status(), 200);
+}
