@@ -56,6 +56,10 @@ pub struct AuthSection {
     pub introspection: Option<IntrospectionSection>,
     /// SQLite file of revoked token ids, subjects and clients (`portcullis token revoke` writes it).
     pub revocation_db: std::path::PathBuf,
+    /// `mode = "dev"`: the dev issuer's signing key, created on first use (owner-only file).
+    pub dev_key: std::path::PathBuf,
+    /// `mode = "dev"`: the dev issuer's `iss` (default `http://<listen>`).
+    pub dev_issuer: Option<String>,
 }
 
 /// `[auth.introspection]`: where opaque tokens are checked, and Portcullis's client credentials
@@ -110,6 +114,9 @@ pub enum AuthMode {
     Off,
     /// Bearer JWTs from the configured issuers.
     Jwt,
+    /// Like `jwt`, plus tokens from the local dev issuer that `portcullis token` mints.
+    /// Development only.
+    Dev,
 }
 
 /// `[[auth.issuers]]`: one trusted issuer. Exactly one key source: `jwks_url`,
@@ -181,6 +188,8 @@ impl Default for AuthSection {
             api_keys: Vec::new(),
             introspection: None,
             revocation_db: ".portcullis/revocations.db".into(),
+            dev_key: ".portcullis/dev-signing-key.p8".into(),
+            dev_issuer: None,
         }
     }
 }
@@ -406,7 +415,8 @@ impl Config {
                 .allowed_origins
                 .unwrap_or_else(|| if on_loopback { loopback.origins.clone() } else { Vec::new() }),
         };
-        let auth = resolve_auth(raw.auth, &format!("http://{}{}", s.listen, s.path))?;
+        let dev_issuer = raw.auth.dev_issuer.clone().unwrap_or_else(|| format!("http://{}", s.listen));
+        let auth = resolve_auth(raw.auth, &format!("http://{}{}", s.listen, s.path), &dev_issuer)?;
         Ok(Self {
             listen: s.listen,
             http: HttpOptions {
@@ -449,7 +459,7 @@ impl Config {
 }
 
 /// Builds the resource-server settings: keys loaded, secrets read from the environment or files.
-fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAuth>, ConfigError> {
+fn resolve_auth(a: AuthSection, default_resource: &str, dev_issuer: &str) -> Result<Option<HttpAuth>, ConfigError> {
     use portcullis_auth::{Authenticator, ClaimMapping, Issuer, IssuerKeys, Jwks, JwksOptions};
     if a.mode == AuthMode::Off {
         if !a.issuers.is_empty() || !a.api_keys.is_empty() || a.introspection.is_some() {
@@ -459,7 +469,7 @@ fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAut
         }
         return Ok(None);
     }
-    if a.issuers.is_empty() && a.api_keys.is_empty() && a.introspection.is_none() {
+    if a.mode == AuthMode::Jwt && a.issuers.is_empty() && a.api_keys.is_empty() && a.introspection.is_none() {
         return Err(ConfigError::Invalid(
             "auth.mode = \"jwt\" needs [[auth.issuers]], [[auth.api_keys]] or [auth.introspection]".into(),
         ));
@@ -560,6 +570,22 @@ fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAut
         );
     }
     let revocations = open_revocations(&a.revocation_db)?;
+    if a.mode == AuthMode::Dev {
+        let key = portcullis_auth::DevKey::load_or_create(&a.dev_key)
+            .map_err(|e| ConfigError::Invalid(format!("auth.dev_key: {e}")))?;
+        let decoding = key.decoding_key().map_err(|e| ConfigError::Invalid(format!("auth.dev_key: {e}")))?;
+        issuers.push(
+            Issuer::new(
+                dev_issuer.to_owned(),
+                vec![resource.clone()],
+                vec![jsonwebtoken::Algorithm::ES256],
+                Duration::from_secs(30),
+                IssuerKeys::Pem(vec![decoding]),
+                ClaimMapping::default(),
+            )
+            .map_err(|e| ConfigError::Invalid(format!("dev issuer: {e}")))?,
+        );
+    }
     let mut authenticator = Authenticator::new(issuers, a.cache_ttl, a.cache_entries)
         .with_api_keys(api_keys)
         .with_revocations(std::sync::Arc::new(revocations));
@@ -593,14 +619,41 @@ fn resolve_auth(a: AuthSection, default_resource: &str) -> Result<Option<HttpAut
             client.clone(),
         ));
     }
-    let authorization_servers =
-        a.authorization_servers.unwrap_or_else(|| a.issuers.iter().map(|i| i.issuer.clone()).collect());
+    let authorization_servers = a.authorization_servers.unwrap_or_else(|| {
+        let mut list: Vec<String> = a.issuers.iter().map(|i| i.issuer.clone()).collect();
+        if a.mode == AuthMode::Dev {
+            list.push(dev_issuer.to_owned());
+        }
+        list
+    });
     Ok(Some(HttpAuth {
         verifier: std::sync::Arc::new(authenticator),
         resource,
         authorization_servers,
         scopes_supported: a.scopes_supported,
     }))
+}
+
+/// What `portcullis token` needs to mint a dev token that `serve` with the same file accepts.
+pub struct DevMint {
+    /// The `iss` to put in tokens.
+    pub issuer: String,
+    /// The default audience: the resource URL.
+    pub resource: String,
+    /// The signing key file.
+    pub key: std::path::PathBuf,
+}
+
+impl RawConfig {
+    /// The dev issuer, resource and key file this configuration implies.
+    pub fn dev_mint(&self) -> DevMint {
+        let s = &self.server;
+        DevMint {
+            issuer: self.auth.dev_issuer.clone().unwrap_or_else(|| format!("http://{}", s.listen)),
+            resource: self.auth.resource.clone().unwrap_or_else(|| format!("http://{}{}", s.listen, s.path)),
+            key: self.auth.dev_key.clone(),
+        }
+    }
 }
 
 /// Opens the revocation database, creating its directory.

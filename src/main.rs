@@ -36,9 +36,41 @@ enum Command {
         #[arg(long)]
         name: String,
     },
-    /// Token administration.
+    /// Mint a token from the local dev issuer (development only; the server must run with
+    /// `[auth] mode = "dev"` and the same key file), or revoke tokens.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct TokenArgs {
     #[command(subcommand)]
-    Token(TokenCommand),
+    action: Option<TokenCommand>,
+    #[command(flatten)]
+    mint: MintArgs,
+}
+
+#[derive(clap::Args)]
+struct MintArgs {
+    /// Configuration file (default: the embedded default).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Subject (`sub`).
+    #[arg(long)]
+    sub: Option<String>,
+    /// Space-separated scopes.
+    #[arg(long, default_value = "mcp:tools")]
+    scope: String,
+    /// Lifetime, e.g. 10m, 1h.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// Audience (default: the configured resource URL).
+    #[arg(long)]
+    aud: Option<String>,
+    /// Extra claims as a JSON object; a null value removes that claim (to test how clients
+    /// meet expired or mis-addressed tokens).
+    #[arg(long, value_name = "JSON")]
+    claims: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -82,7 +114,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { file } => check_config(&file),
         Command::ApiKey { name } => api_key(&name),
-        Command::Token(TokenCommand::Revoke { config, jti, sub, client }) => revoke(config.as_ref(), jti, sub, client),
+        Command::Token(TokenArgs { action: Some(TokenCommand::Revoke { config, jti, sub, client }), .. }) => {
+            revoke(config.as_ref(), jti, sub, client)
+        }
+        Command::Token(TokenArgs { action: None, mint }) => mint_token(&mint),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +164,48 @@ fn revoke(
     let db = portcullis::config::open_revocations(&raw.auth.revocation_db)?;
     db.revoke(&what)?;
     eprintln!("revoked {what:?} in {}", raw.auth.revocation_db.display());
+    Ok(())
+}
+
+fn mint_token(args: &MintArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let sub = args.sub.as_deref().ok_or_else(|| anyhow::anyhow!("--sub is required (or use `token revoke`)"))?;
+    let raw = match &args.config {
+        Some(p) => RawConfig::load(p)?,
+        None => RawConfig::default(),
+    };
+    let dev = raw.dev_mint();
+    let ttl = portcullis::config::parse_duration(&args.ttl)
+        .ok_or_else(|| anyhow::anyhow!("invalid --ttl {:?}: use e.g. 10m or 1h", args.ttl))?;
+    let key = portcullis_auth::DevKey::load_or_create(&dev.key)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let mut jti = [0u8; 16];
+    getrandom::fill(&mut jti).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+    let mut claims = serde_json::json!({
+        "iss": dev.issuer,
+        "sub": sub,
+        "aud": args.aud.clone().unwrap_or(dev.resource),
+        "iat": now,
+        "exp": now + ttl.as_secs(),
+        "jti": jti.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "scope": args.scope,
+        "client_id": "portcullis-cli",
+    });
+    if let Some(extra) = &args.claims {
+        let extra: serde_json::Value =
+            serde_json::from_str(extra).map_err(|e| anyhow::anyhow!("--claims is not JSON: {e}"))?;
+        let serde_json::Value::Object(extra) = extra else { anyhow::bail!("--claims must be a JSON object") };
+        for (k, v) in extra {
+            match v {
+                serde_json::Value::Null => {
+                    claims.as_object_mut().map(|c| c.remove(&k));
+                }
+                v => claims[k] = v,
+            }
+        }
+    }
+    let token = key.sign(&claims)?;
+    writeln!(std::io::stdout().lock(), "{token}")?;
     Ok(())
 }
 

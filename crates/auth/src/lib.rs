@@ -12,6 +12,7 @@
 
 pub mod apikey;
 pub mod cache;
+pub mod dev;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
@@ -24,6 +25,7 @@ use portcullis_engine::{AuthFailure, BoxFuture, Principal, TokenVerifier};
 
 pub use apikey::ApiKey;
 pub use cache::TokenCache;
+pub use dev::DevKey;
 pub use introspect::Introspection;
 pub use jwks::{Jwks, JwksOptions};
 pub use jwt::{ClaimMapping, Issuer, IssuerKeys, JwtError};
