@@ -7,6 +7,7 @@
 #         (e) release build  (f) conformance: examples/conformance_server + scripts/conformance.sh
 #         (g) interop: portcullis serve (HTTP + SSE) and --stdio + scripts/interop.sh
 #         (h) authentication against oidc-provider (cargo test --features idp-tests --test idp_oidc)
+#         (i) OAuth client flows: scripts/oauth-interop.sh (TS + Python SDK OAuth providers)
 # Env: CARGO_TARGET_DIR (default target), PORTCULLIS_TEST_CACHE (tool cache, see scripts/lib.sh),
 #      PORTCULLIS_READY_TIMEOUT (seconds to wait for a server to listen, default 30).
 # Exit non-zero if any stage failed or was skipped; the last lines summarise every stage.
@@ -172,6 +173,12 @@ if [ "$need_rust" = 1 ] && [ "$need_harness" = 1 ]; then
     record PASS "(h) auth vs oidc-provider"
   else
     record FAIL "(h) auth vs oidc-provider" "see above"
+  fi
+  announce "(i) OAuth clients (TS SDK, Python SDK) through Portcullis's 401 + metadata to oidc-provider"
+  if [ $built = 1 ] && PORTCULLIS_BIN=$portcullis scripts/oauth-interop.sh; then
+    record PASS "(i) OAuth client flows"
+  else
+    record FAIL "(i) OAuth client flows" "see above"
   fi
 else
   record SKIP "(h) auth vs oidc-provider" "prerequisites missing"

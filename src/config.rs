@@ -491,7 +491,18 @@ fn resolve_auth(a: AuthSection, default_resource: &str, dev_issuer: &str) -> Res
                 .map_err(|e| ConfigError::Invalid(format!("auth.api_keys[{i}] ({}): {e}", k.name)))?,
         );
     }
-    let resource = a.resource.unwrap_or_else(|| default_resource.to_owned());
+    // Clients compare the metadata's `resource` with the URL they connect to; a wildcard address
+    // can never be that URL, so the operator must say what it is.
+    let wildcard = default_resource.starts_with("http://0.0.0.0") || default_resource.starts_with("http://[::]");
+    let resource = match a.resource {
+        Some(r) => r,
+        None if wildcard => {
+            return Err(ConfigError::Invalid(
+                "auth.resource is required when listening on a wildcard address: set it to the URL clients use, e.g. \"https://mcp.example.com/mcp\"".into(),
+            ));
+        }
+        None => default_resource.to_owned(),
+    };
     if !(resource.starts_with("http://") || resource.starts_with("https://")) || resource.contains('#') {
         return Err(ConfigError::Invalid(format!(
             "auth.resource must be an absolute http(s) URL without a fragment, got {resource:?}"
@@ -781,6 +792,15 @@ mod tests {
         assert_eq!(auth.metadata_url(), "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp");
         assert_eq!(auth.authorization_servers, ["https://idp"]);
         let _ = std::fs::remove_file(&db);
+    }
+
+    #[test]
+    fn a_wildcard_listener_needs_an_explicit_resource() {
+        let hash = "0".repeat(64);
+        let e = err(&format!(
+            "[server]\nlisten = \"0.0.0.0:80\"\n[auth]\nmode = \"jwt\"\n[[auth.api_keys]]\nname = \"a\"\nsha256 = \"{hash}\"\n"
+        ));
+        assert!(e.contains("auth.resource is required"), "{e}");
     }
 
     #[test]

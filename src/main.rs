@@ -261,8 +261,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.http.path,
             config.http.sse_path
         );
-        if addr.ip().is_loopback() {
-            tracing::warn!("authentication is not configured: this server is for local use only");
+        if config.http.auth.is_none() {
+            tracing::warn!("authentication is off ([auth] mode = \"off\"): this server is for local use only");
         }
         portcullis::serve_http(listener, engine, &config).await.context("HTTP transport")?;
         tracing::info!("stopped");
