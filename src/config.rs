@@ -364,8 +364,11 @@ impl Default for DemoSection {
 
 impl RawConfig {
     /// Parses TOML text; `path` is only used in messages.
+    ///
+    /// Errors name the line, column and key but never quote the offending line: it may hold a
+    /// secret someone pasted inline.
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: located(text, &e) })
     }
 
     /// Reads and parses a file.
@@ -477,6 +480,7 @@ fn resolve_auth(a: AuthSection, default_resource: &str, dev_issuer: &str) -> Res
     let mut api_keys = Vec::new();
     for (i, k) in a.api_keys.iter().enumerate() {
         let principal = portcullis_engine::Principal {
+            issuer: None,
             tenant: k.tenant.clone(),
             subject: k.name.clone(),
             client_id: Some(k.name.clone()),
@@ -684,6 +688,25 @@ fn secret_key(secret: &[u8], at: &str) -> Result<jsonwebtoken::DecodingKey, Conf
     Ok(jsonwebtoken::DecodingKey::from_secret(secret))
 }
 
+/// "line L, column C, key `k`: message", from toml's error, without echoing the source.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim();
+    let Some(span) = e.span() else { return msg.to_owned() };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(k) => format!("line {line}, column {column}, key `{k}`: {msg}"),
+        None => format!("line {line}, column {column}: {msg}"),
+    }
+}
+
 /// Parses `250ms`, `15s`, `30m`, `2h`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -801,6 +824,13 @@ mod tests {
             "[server]\nlisten = \"0.0.0.0:80\"\n[auth]\nmode = \"jwt\"\n[[auth.api_keys]]\nname = \"a\"\nsha256 = \"{hash}\"\n"
         ));
         assert!(e.contains("auth.resource is required"), "{e}");
+    }
+
+    #[test]
+    fn errors_never_echo_the_offending_line() {
+        let e = err("[auth]\nclient_secret = \"hunter2-very-secret\"\n");
+        assert!(e.contains("line 2") && e.contains("client_secret"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

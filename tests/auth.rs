@@ -425,3 +425,37 @@ async fn attack_a_revoked_jti_is_refused_on_the_very_next_request() {
     assert_eq!(init_with(&s, &bob).await.status(), 401);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn attack_same_subject_from_another_authority_cannot_use_the_session() {
+    // An API key named like a JWT subject is still a different identity.
+    let keys = key_server(&["rsa-a"]).await;
+    let issuer = rs256_issuer(jwks_for(&keys.url, Duration::from_secs(30)), vec![AUD.into()]).unwrap();
+    let key = "pcl_same_name_as_the_jwt_subject";
+    let bot = portcullis_engine::Principal {
+        subject: "ci-bot".into(),
+        client_id: Some("test-client".into()),
+        ..portcullis_engine::Principal::anonymous()
+    };
+    let api = vec![portcullis_auth::ApiKey::new(&portcullis_auth::ApiKey::hash_hex(key), bot).unwrap()];
+    let verifier = Authenticator::new(vec![issuer], Duration::from_secs(60), 100).with_api_keys(api);
+    let s = start_with(move |o| {
+        o.auth = Some(HttpAuth {
+            verifier: Arc::new(verifier),
+            resource: AUD.into(),
+            authorization_servers: vec![],
+            scopes_supported: vec![],
+        });
+    })
+    .await;
+    let jwt = sign(RSA_A, "rsa-a", &claims("ci-bot", AUD));
+    let r = init_with(&s, &jwt).await;
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let ping = rpc(2, "ping", json!({}));
+    let r = post(&client(), &s.url()).bearer_auth(key).header("mcp-session-id", &sid).json(&ping).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r =
+        post(&client(), &s.url()).bearer_auth(&jwt).header("mcp-session-id", &sid).json(&ping).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}

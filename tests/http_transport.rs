@@ -323,3 +323,60 @@ async fn streams_carry_keepalives_and_every_endpoint_checks_origin() {
     // The session survived every refused request.
     assert_eq!(call(&c, &s.url(), &sid, &rpc(2, "ping", json!({}))).await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_request_id_in_flight_cannot_be_reused() {
+    let s = start().await;
+    let c = client();
+    let sid = initialize(&c, &s.url(), LATEST).await;
+    let short = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
+    let hang = rpc(60, "tools/call", json!({ "name": "hang" }));
+    let _ = post(&short, &s.url()).header("mcp-session-id", &sid).json(&hang).send().await;
+    let v: Value =
+        call(&c, &s.url(), &sid, &rpc(60, "tools/call", json!({ "name": "echo", "arguments": { "message": "x" } })))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    // Cancelling id 60 still reaches the first request.
+    let note = json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": 60 } });
+    call(&c, &s.url(), &sid, &note).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(s.cancelled.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn a_fresh_get_does_not_replay_and_unknown_subscriptions_are_refused() {
+    let s = start().await;
+    let c = client();
+    let sid = initialize(&c, &s.url(), LATEST).await;
+    let open = || c.get(s.url()).header("accept", "text/event-stream").header("mcp-session-id", &sid).send();
+    let mut first = open().await.unwrap();
+    first.chunk().await.unwrap();
+    s.registry.add_tool(
+        portcullis_engine::Tool::new("t1", "d")
+            .handler(|_| async { Ok(portcullis_engine::ToolOutput::text("x")) })
+            .unwrap(),
+    );
+    let mut seen = String::new();
+    while !seen.contains("list_changed") {
+        seen.push_str(std::str::from_utf8(&first.chunk().await.unwrap().unwrap()).unwrap());
+    }
+    drop(first);
+    // A new GET without Last-Event-ID starts from now: the old notification is not sent again.
+    let mut second = open().await.unwrap();
+    let mut got = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, second.chunk()).await {
+        got.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(got.starts_with("id: 0-"), "the priming event arrives: {got}");
+    assert!(!got.contains("list_changed"), "nothing is replayed: {got}");
+    let v: Value = call(&c, &s.url(), &sid, &rpc(7, "resources/subscribe", json!({ "uri": "portcullis://nope" })))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["error"]["code"], -32002);
+}

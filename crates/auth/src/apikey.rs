@@ -30,6 +30,7 @@ impl ApiKey {
             *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| BadHash)?;
         }
         principal.method = AuthMethod::ApiKey;
+        principal.issuer = Some("portcullis:api-key".into());
         Ok(Self { hash, principal })
     }
 

@@ -56,7 +56,7 @@ impl Introspection {
             .json()
             .await
             .map_err(|e| JwtError::Unavailable(format!("token introspection answer unreadable: {e}")))?;
-        principal(&v, &self.audiences, &self.claims)
+        principal(&v, &self.audiences, &self.claims, &self.endpoint)
     }
 }
 
@@ -70,7 +70,7 @@ impl std::fmt::Debug for Introspection {
     }
 }
 
-fn principal(v: &Value, audiences: &[String], mapping: &ClaimMapping) -> Result<Principal, JwtError> {
+fn principal(v: &Value, audiences: &[String], mapping: &ClaimMapping, endpoint: &str) -> Result<Principal, JwtError> {
     if v.get("active").and_then(Value::as_bool) != Some(true) {
         return Err(JwtError::Inactive);
     }
@@ -99,6 +99,8 @@ fn principal(v: &Value, audiences: &[String], mapping: &ClaimMapping) -> Result<
     let mut principal = crate::jwt::map_claims(v.as_object().ok_or(JwtError::Invalid)?, mapping, subject)?;
     principal.client_id = client_id.or(principal.client_id);
     principal.method = AuthMethod::Introspection;
+    // Opaque tokens belong to the server that answers for them, whatever `iss` it reports.
+    principal.issuer = Some(format!("introspection:{endpoint}"));
     Ok(principal)
 }
 
@@ -124,15 +126,15 @@ mod tests {
         let aud = vec!["https://mcp.test/mcp".to_owned()];
         let m = ClaimMapping::default();
         let ok = json!({ "active": true, "aud": "https://mcp.test/mcp", "client_id": "svc", "scope": "mcp:tools a", "exp": 4_000_000_000u64 });
-        let p = principal(&ok, &aud, &m).unwrap();
+        let p = principal(&ok, &aud, &m, "e").unwrap();
         assert_eq!((p.subject.as_str(), p.client_id.as_deref()), ("svc", Some("svc")));
         assert_eq!(p.scopes, ["a", "mcp:tools"]);
         assert_eq!(p.method, AuthMethod::Introspection);
-        assert_eq!(principal(&json!({ "active": false }), &aud, &m), Err(JwtError::Inactive));
+        assert_eq!(principal(&json!({ "active": false }), &aud, &m, "e"), Err(JwtError::Inactive));
         let other = json!({ "active": true, "aud": ["https://else/mcp"], "sub": "x" });
-        assert_eq!(principal(&other, &aud, &m), Err(JwtError::Audience));
+        assert_eq!(principal(&other, &aud, &m, "e"), Err(JwtError::Audience));
         let old = json!({ "active": true, "aud": "https://mcp.test/mcp", "sub": "x", "exp": 1 });
-        assert_eq!(principal(&old, &aud, &m), Err(JwtError::Expired));
+        assert_eq!(principal(&old, &aud, &m, "e"), Err(JwtError::Expired));
         assert_eq!(form_encode("a b+c/d=é"), "a%20b%2Bc%2Fd%3D%C3%A9");
         let i = Introspection::new("u".into(), "id".into(), "hunter2".into(), aud, m, reqwest::Client::new());
         assert!(!format!("{i:?}").contains("hunter2"));

@@ -233,6 +233,7 @@ pub(crate) fn map_claims(
     roles.sort();
     roles.dedup();
     Ok(Principal {
+        issuer: claims.get("iss").and_then(Value::as_str).map(str::to_owned),
         tenant: mapping.tenant.as_deref().and_then(|p| lookup(claims, p)).and_then(Value::as_str).map(str::to_owned),
         subject,
         client_id,

@@ -117,7 +117,12 @@ impl RequestContext {
         }
         let (id, rx) = self.session.expect_response();
         let wire = write_request(&RequestId::from_u64(id), method, &params.to_string());
-        self.send(Bytes::from(wire)).await;
+        if !self.send(Bytes::from(wire)).await {
+            self.session.forget_response(id);
+            return Err(RpcError::internal(format!(
+                "cannot send {method}: the client's stream for this request is closed (a JSON-only request cannot carry server requests)"
+            )));
+        }
         match tokio::time::timeout(self.client_timeout, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(RpcError::internal(format!("the session ended before the client answered {method}"))),
@@ -140,16 +145,12 @@ impl RequestContext {
         }
     }
 
-    async fn send(&self, message: Bytes) {
+    /// Sends one message; false when it cannot reach the client (the transport stopped listening
+    /// for this request, or the session's queue is full or closed). The handler keeps running.
+    async fn send(&self, message: Bytes) -> bool {
         match &self.sink {
-            // The receiver is gone only when the transport stopped listening (client went away);
-            // the handler keeps running, its messages have nowhere to go.
-            Sink::Stream(tx) => {
-                let _ = tx.send(Outbound::Message(message)).await;
-            }
-            Sink::Session => {
-                self.session.push(message);
-            }
+            Sink::Stream(tx) => tx.send(Outbound::Message(message)).await.is_ok(),
+            Sink::Session => self.session.push(message),
         }
     }
 }

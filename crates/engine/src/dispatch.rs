@@ -190,9 +190,16 @@ impl Engine {
             "prompts/list" => {
                 self.list(req.params, "prompts", |c| c.prompts.iter().map(|p| p.definition.to_string()).collect())
             }
-            "resources/subscribe" => parse::<UriParams>(req.params).map(|p| {
-                session.subscribe(&p.uri);
-                "{}".to_owned()
+            "resources/subscribe" => parse::<UriParams>(req.params).and_then(|p| {
+                let catalog = self.registry.snapshot();
+                if catalog.resource(&p.uri).is_none() && catalog.match_template(&p.uri).is_none() {
+                    return Err(RpcError::new(code::RESOURCE_NOT_FOUND, format!("resource not found: {}", p.uri))
+                        .with_data(json!({ "uri": p.uri })));
+                }
+                if !session.subscribe(&p.uri) {
+                    return Err(RpcError::invalid_request("too many resource subscriptions on this session"));
+                }
+                Ok("{}".to_owned())
             }),
             "resources/unsubscribe" => parse::<UriParams>(req.params).map(|p| {
                 session.unsubscribe(&p.uri);
@@ -417,7 +424,10 @@ impl Engine {
         fut: impl Future<Output = Result<String, RpcError>> + Send + 'static,
     ) -> Dispatch {
         let (handle, registration) = AbortHandle::new_pair();
-        session.track(id.clone(), handle);
+        if !session.track(id.clone(), handle) {
+            let e = RpcError::invalid_request(format!("request id {id} is already in use by a running request"));
+            return Dispatch::Ready(write_error(Some(id), &e));
+        }
         let session = session.clone();
         let id = id.clone();
         Dispatch::Pending(Box::pin(async move {

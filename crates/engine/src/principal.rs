@@ -20,6 +20,9 @@ pub enum AuthMethod {
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// Who vouched for this identity: the token issuer (`iss`), or a fixed name for API keys.
+    /// Part of the identity: the same `sub` from two issuers is two different users.
+    pub issuer: Option<String>,
     /// The tenant, when the identity provider names one (e.g. Entra `tid`).
     pub tenant: Option<String>,
     /// The subject (`sub`).
@@ -60,6 +63,7 @@ impl Principal {
     /// The caller when authentication is off.
     pub fn anonymous() -> Self {
         Self {
+            issuer: None,
             tenant: None,
             subject: "anonymous".into(),
             client_id: None,
@@ -71,9 +75,13 @@ impl Principal {
         }
     }
 
-    /// True when `other` is the same (tenant, subject, client) — the identity a session is bound
-    /// to (2025-11-25 security best practices §Session Hijacking).
+    /// True when `other` is the same (issuer, authentication method, tenant, subject, client) —
+    /// the identity a session is bound to (2025-11-25 security best practices §Session Hijacking).
     pub fn same_owner(&self, other: &Principal) -> bool {
-        self.tenant == other.tenant && self.subject == other.subject && self.client_id == other.client_id
+        self.issuer == other.issuer
+            && self.method == other.method
+            && self.tenant == other.tenant
+            && self.subject == other.subject
+            && self.client_id == other.client_id
     }
 }

@@ -92,6 +92,9 @@ pub struct Session {
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Value, RpcError>>>>,
 }
 
+/// Most resource subscriptions one session may hold.
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 1024;
+
 /// The clock all sessions share for idle accounting.
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -196,8 +199,14 @@ impl Session {
         !self.is_closed() && self.outlet.push(message)
     }
 
-    pub(crate) fn subscribe(&self, uri: &str) {
-        lock(&self.subscriptions).insert(uri.to_owned());
+    /// Adds a subscription; false when the session already holds [`MAX_SUBSCRIPTIONS`].
+    pub(crate) fn subscribe(&self, uri: &str) -> bool {
+        let mut subs = lock(&self.subscriptions);
+        if subs.len() >= MAX_SUBSCRIPTIONS && !subs.contains(uri) {
+            return false;
+        }
+        subs.insert(uri.to_owned());
+        true
     }
 
     pub(crate) fn unsubscribe(&self, uri: &str) {
@@ -208,8 +217,16 @@ impl Session {
         lock(&self.subscriptions).contains(uri)
     }
 
-    pub(crate) fn track(&self, id: RequestId, handle: AbortHandle) {
-        lock(&self.inflight).insert(id, handle);
+    /// Registers a running request; false when a request with this id is already running
+    /// (2025-11-25 basic §Requests: ids MUST NOT be reused within a session).
+    pub(crate) fn track(&self, id: RequestId, handle: AbortHandle) -> bool {
+        match lock(&self.inflight).entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(handle);
+                true
+            }
+        }
     }
 
     pub(crate) fn untrack(&self, id: &RequestId) {

@@ -102,8 +102,11 @@ impl HttpAuth {
             c.push_str(&format!(", scope=\"{}\"", self.scopes_supported.join(" ")));
         }
         if let Some((code, description)) = error {
-            let description: String =
-                description.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
+            // Only visible ASCII, no quotes or backslashes: the header must always be valid.
+            let description: String = description
+                .chars()
+                .filter(|c| (c.is_ascii_graphic() && *c != '"' && *c != '\\') || *c == ' ')
+                .collect();
             c.push_str(&format!(", error=\"{code}\", error_description=\"{description}\""));
         }
         c
@@ -618,14 +621,16 @@ impl App {
             // No resumable stream by that id (or no id): the standalone stream, from now on.
             None => (hs.standalone().clone(), u64::MAX),
         };
-        let cursor = if cursor == u64::MAX { 0 } else { cursor };
+        // Not resuming: start after the newest buffered event, so nothing is delivered twice.
+        let cursor = if cursor == u64::MAX { stream.last_seq() } else { cursor };
         let id = stream.id();
         let standalone = id == 0;
+        let priming = standalone && hs.session().version().is_some_and(|v| v >= ProtocolVersion::V2025_11_25);
         let owner = Arc::downgrade(&hs);
         let body = sse::reader(
             stream,
             cursor,
-            standalone,
+            priming,
             self.framing(),
             hs.session().clone(),
             self.shutdown.clone(),

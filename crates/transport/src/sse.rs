@@ -108,6 +108,12 @@ impl EventStream {
         self.wake.notify_one();
     }
 
+    /// The sequence number of the newest event (0 when none): a reader that starts here gets only
+    /// what comes next.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+
     /// True when finished and nothing remains for a reader at `cursor`.
     fn is_drained(&self, cursor: u64) -> bool {
         let s = self.lock();

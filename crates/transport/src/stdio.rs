@@ -98,7 +98,12 @@ where
     engine.close_session(&session);
     drop(session);
     drop(tx);
-    writer.await.unwrap_or(Ok(()))
+    // Every queued message is flushed unless something still holds a sender past the grace
+    // (a handler's own spawned task): then stop anyway rather than hang.
+    match tokio::time::timeout(opts.grace, writer).await {
+        Ok(done) => done.unwrap_or(Ok(())),
+        Err(_) => Ok(()),
+    }
 }
 
 async fn handle(
