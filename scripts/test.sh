@@ -169,7 +169,9 @@ fi
 # ---------------------------------------------------------------------------------------------
 announce "(h) authentication against a real authorization server (oidc-provider)"
 if [ "$need_rust" = 1 ] && [ "$need_harness" = 1 ]; then
-  if pc_idp_dir >/dev/null && cargo test --release --features idp-tests --test idp_oidc; then
+  # scripts/idp.sh installs the pinned oidc-provider on first use; install it up front so a
+  # failed install reads as such rather than as a failing test.
+  if (source scripts/lib.sh && pc_idp_dir >/dev/null) && cargo test --release --features idp-tests --test idp_oidc; then
     record PASS "(h) auth vs oidc-provider"
   else
     record FAIL "(h) auth vs oidc-provider" "see above"
