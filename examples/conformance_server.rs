@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::Config;
+use portcullis::config::RawConfig;
 use portcullis_engine::{
     Content, LogLevel, Prompt, PromptMessage, PromptOutput, Registry, RegistryError, Resource, ResourceContents,
     ResourceTemplate, Tool, ToolOutput,
@@ -26,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("warn").init();
-    let config = Config::embedded().with_listen(listen.parse()?, false);
+    let config = Config::resolve(RawConfig::unauthenticated().listening_on(listen.parse()?))?;
     let registry = Arc::new(Registry::new());
     register(&registry)?;
     let engine = portcullis::engine(registry.clone(), &config, "portcullis-conformance-fixtures");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::Config;
+use portcullis::config::RawConfig;
 use portcullis_engine::{
     Content, LogLevel, Prompt, PromptMessage, PromptOutput, Registry, Resource, ResourceContents, Tool, ToolError,
     ToolOutput,
@@ -69,7 +70,7 @@ fn main() -> anyhow::Result<()> {
             }),
     );
 
-    let config = Config::embedded().with_listen(listen.parse()?, false);
+    let config = Config::resolve(RawConfig::unauthenticated().listening_on(listen.parse()?))?;
     let engine = portcullis::engine(registry, &config, "custom-tool-example");
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;

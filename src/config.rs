@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use portcullis_transport::{HttpAuth, HttpOptions, OriginPolicy};
+use std::sync::Arc;
+
+use portcullis_auth::Revocations;
+use portcullis_transport::{ExtraRoutes, HttpAuth, HttpOptions, OriginPolicy};
 use serde::{Deserialize, Deserializer};
 
 /// The whole file.
@@ -34,7 +37,8 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
-    /// `off` (local use only) or `jwt`.
+    /// `dev` (default: local use with the built-in dev authorization server), `jwt` (your
+    /// identity provider) or `off` (no authentication, loopback only).
     pub mode: AuthMode,
     /// The canonical URL of the MCP endpoint: PRM `resource` and the audience tokens must name
     /// (default `http://<listen><path>`).
@@ -56,10 +60,24 @@ pub struct AuthSection {
     pub introspection: Option<IntrospectionSection>,
     /// SQLite file of revoked token ids, subjects and clients (`portcullis token revoke` writes it).
     pub revocation_db: std::path::PathBuf,
+    /// Keep revocations in Redis instead, shared by every replica: the URL, without a password
+    /// (`redis://host:6379/0`). A URL with a password goes in `revocation_redis_env`.
+    pub revocation_redis: Option<String>,
+    /// Environment variable holding the Redis URL (may include a password).
+    pub revocation_redis_env: Option<String>,
+    /// The Redis hash holding revocations (default `portcullis:revocations`).
+    pub revocation_redis_key: String,
+    /// Scope a token needs for the admin API (`POST /admin/revocations`).
+    pub admin_scope: String,
     /// `mode = "dev"`: the dev issuer's signing key, created on first use (owner-only file).
     pub dev_key: std::path::PathBuf,
     /// `mode = "dev"`: the dev issuer's `iss` (default `http://<listen>`).
     pub dev_issuer: Option<String>,
+    /// `mode = "dev"`: the subject the dev authorization server approves every login as.
+    pub dev_user: String,
+    /// `mode = "dev"`: lifetime of access tokens from the dev authorization server.
+    #[serde(deserialize_with = "duration")]
+    pub dev_token_ttl: Duration,
 }
 
 /// `[auth.introspection]`: where opaque tokens are checked, and Portcullis's client credentials
@@ -114,8 +132,8 @@ pub enum AuthMode {
     Off,
     /// Bearer JWTs from the configured issuers.
     Jwt,
-    /// Like `jwt`, plus tokens from the local dev issuer that `portcullis token` mints.
-    /// Development only.
+    /// Like `jwt`, plus the built-in dev authorization server and tokens from the local dev
+    /// issuer that `portcullis token` mints. Development only: loopback addresses only.
     Dev,
 }
 
@@ -178,7 +196,7 @@ fn default_scope_claims() -> Vec<String> {
 impl Default for AuthSection {
     fn default() -> Self {
         Self {
-            mode: AuthMode::Off,
+            mode: AuthMode::Dev,
             resource: None,
             authorization_servers: None,
             scopes_supported: vec!["mcp:tools".into()],
@@ -188,8 +206,14 @@ impl Default for AuthSection {
             api_keys: Vec::new(),
             introspection: None,
             revocation_db: ".portcullis/revocations.db".into(),
+            revocation_redis: None,
+            revocation_redis_env: None,
+            revocation_redis_key: "portcullis:revocations".into(),
+            admin_scope: "portcullis:admin".into(),
             dev_key: ".portcullis/dev-signing-key.p8".into(),
             dev_issuer: None,
+            dev_user: "dev".into(),
+            dev_token_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -290,6 +314,8 @@ pub struct Config {
     pub log: LogSection,
     /// Demo tools on or off.
     pub demo: bool,
+    /// The revocation list, when authentication is on.
+    pub revocations: Option<Arc<Revocations>>,
 }
 
 /// A configuration problem, with where it is.
@@ -419,7 +445,7 @@ impl Config {
                 .unwrap_or_else(|| if on_loopback { loopback.origins.clone() } else { Vec::new() }),
         };
         let dev_issuer = raw.auth.dev_issuer.clone().unwrap_or_else(|| format!("http://{}", s.listen));
-        let auth = resolve_auth(raw.auth, &format!("http://{}{}", s.listen, s.path), &dev_issuer)?;
+        let resolved = resolve_auth(raw.auth, s.listen, &format!("http://{}{}", s.listen, s.path), &dev_issuer)?;
         Ok(Self {
             listen: s.listen,
             http: HttpOptions {
@@ -434,35 +460,57 @@ impl Config {
                 keepalive: raw.sessions.sse_keepalive,
                 sse_retry: raw.sessions.sse_retry,
                 sse_buffer_events: raw.sessions.sse_buffer_events,
-                auth,
+                auth: resolved.auth,
+                extra_routes: resolved.routes,
             },
             shutdown_grace: s.shutdown_grace,
             page_size: raw.sessions.page_size,
             client_request_timeout: raw.sessions.client_request_timeout,
             log: raw.log,
             demo: raw.demo.enabled,
+            revocations: resolved.revocations,
         })
     }
 
-    /// The embedded default (`portcullis serve` with no file).
-    pub fn embedded() -> Self {
-        // The defaults are valid by construction; resolve cannot fail on them.
-        Self::resolve(RawConfig::default()).unwrap_or_else(|e| unreachable!("embedded default is invalid: {e}"))
+    /// The embedded default (`portcullis serve` with no file): dev authentication, whose key and
+    /// revocation files are created under `.portcullis/` in the working directory.
+    pub fn embedded() -> Result<Self, ConfigError> {
+        Self::resolve(RawConfig::default())
+    }
+}
+
+impl RawConfig {
+    /// The embedded default with authentication off: for examples and tests on loopback.
+    pub fn unauthenticated() -> Self {
+        let mut raw = Self::default();
+        raw.auth.mode = AuthMode::Off;
+        raw
     }
 
-    /// Moves the listener, re-deriving the Host/Origin defaults for the new address.
-    pub fn with_listen(mut self, listen: SocketAddr, raw_hosts_set: bool) -> Self {
-        if !raw_hosts_set {
-            self.http.origins =
-                if listen.ip().is_loopback() { OriginPolicy::loopback() } else { OriginPolicy::default() };
-        }
-        self.listen = listen;
+    /// Listens on `listen` (the command line's `--listen`); everything derived from the address
+    /// (Host/Origin defaults, resource URL, dev issuer) follows it.
+    #[must_use]
+    pub fn listening_on(mut self, listen: SocketAddr) -> Self {
+        self.server.listen = listen;
         self
     }
 }
 
-/// Builds the resource-server settings: keys loaded, secrets read from the environment or files.
-fn resolve_auth(a: AuthSection, default_resource: &str, dev_issuer: &str) -> Result<Option<HttpAuth>, ConfigError> {
+/// What the `[auth]` section resolves to.
+struct ResolvedAuth {
+    auth: Option<HttpAuth>,
+    routes: Vec<ExtraRoutes>,
+    revocations: Option<Arc<Revocations>>,
+}
+
+/// Builds the resource-server settings: keys loaded, secrets read from the environment or files;
+/// in dev mode also the dev authorization server.
+fn resolve_auth(
+    a: AuthSection,
+    listen: SocketAddr,
+    default_resource: &str,
+    dev_issuer: &str,
+) -> Result<ResolvedAuth, ConfigError> {
     use portcullis_auth::{Authenticator, ClaimMapping, Issuer, IssuerKeys, Jwks, JwksOptions};
     if a.mode == AuthMode::Off {
         if !a.issuers.is_empty() || !a.api_keys.is_empty() || a.introspection.is_some() {
@@ -470,7 +518,17 @@ fn resolve_auth(a: AuthSection, default_resource: &str, dev_issuer: &str) -> Res
                 "auth.issuers or auth.api_keys is set but auth.mode is \"off\"; set mode = \"jwt\"".into(),
             ));
         }
-        return Ok(None);
+        if !listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "auth.mode = \"off\" serves every caller as anonymous and is allowed only on a loopback address, not {listen}; use mode = \"jwt\""
+            )));
+        }
+        return Ok(ResolvedAuth { auth: None, routes: Vec::new(), revocations: None });
+    }
+    if a.mode == AuthMode::Dev && !listen.ip().is_loopback() {
+        return Err(ConfigError::Invalid(format!(
+            "auth.mode = \"dev\" approves every login automatically and is allowed only on a loopback address, not {listen}; use mode = \"jwt\" with your identity provider"
+        )));
     }
     if a.mode == AuthMode::Jwt && a.issuers.is_empty() && a.api_keys.is_empty() && a.introspection.is_none() {
         return Err(ConfigError::Invalid(
@@ -498,7 +556,7 @@ fn resolve_auth(a: AuthSection, default_resource: &str, dev_issuer: &str) -> Res
     // Clients compare the metadata's `resource` with the URL they connect to; a wildcard address
     // can never be that URL, so the operator must say what it is.
     let wildcard = default_resource.starts_with("http://0.0.0.0") || default_resource.starts_with("http://[::]");
-    let resource = match a.resource {
+    let resource = match a.resource.clone() {
         Some(r) => r,
         None if wildcard => {
             return Err(ConfigError::Invalid(
@@ -584,10 +642,22 @@ fn resolve_auth(a: AuthSection, default_resource: &str, dev_issuer: &str) -> Res
                 .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?,
         );
     }
-    let revocations = open_revocations(&a.revocation_db)?;
+    let revocations = Arc::new(revocation_store(&a)?);
+    let mut routes = Vec::new();
     if a.mode == AuthMode::Dev {
         let key = portcullis_auth::DevKey::load_or_create(&a.dev_key)
             .map_err(|e| ConfigError::Invalid(format!("auth.dev_key: {e}")))?;
+        let key = Arc::new(key);
+        let mut opts = portcullis_authserver::DevServerOptions::new(
+            dev_issuer.to_owned(),
+            resource.clone(),
+            a.scopes_supported.clone(),
+        );
+        opts.user = a.dev_user.clone();
+        opts.access_ttl = a.dev_token_ttl;
+        let server = portcullis_authserver::DevAuthServer::new(key.clone(), opts, Some(revocations.clone()))
+            .map_err(|e| ConfigError::Invalid(format!("auth.dev_issuer: {e}")))?;
+        routes.push(ExtraRoutes { name: "dev authorization server", router: server.router() });
         let decoding = key.decoding_key().map_err(|e| ConfigError::Invalid(format!("auth.dev_key: {e}")))?;
         issuers.push(
             Issuer::new(
@@ -603,7 +673,7 @@ fn resolve_auth(a: AuthSection, default_resource: &str, dev_issuer: &str) -> Res
     }
     let mut authenticator = Authenticator::new(issuers, a.cache_ttl, a.cache_entries)
         .with_api_keys(api_keys)
-        .with_revocations(std::sync::Arc::new(revocations));
+        .with_revocations(revocations.clone());
     if let Some(is) = &a.introspection {
         let at = "auth.introspection";
         let secret = match (&is.client_secret_env, &is.client_secret_file) {
@@ -641,12 +711,16 @@ fn resolve_auth(a: AuthSection, default_resource: &str, dev_issuer: &str) -> Res
         }
         list
     });
-    Ok(Some(HttpAuth {
-        verifier: std::sync::Arc::new(authenticator),
-        resource,
-        authorization_servers,
-        scopes_supported: a.scopes_supported,
-    }))
+    let verifier: Arc<dyn portcullis_engine::TokenVerifier> = Arc::new(authenticator);
+    routes.push(ExtraRoutes {
+        name: "admin API",
+        router: crate::admin::router(verifier.clone(), revocations.clone(), a.admin_scope.clone()),
+    });
+    Ok(ResolvedAuth {
+        auth: Some(HttpAuth { verifier, resource, authorization_servers, scopes_supported: a.scopes_supported }),
+        routes,
+        revocations: Some(revocations),
+    })
 }
 
 /// What `portcullis token` needs to mint a dev token that `serve` with the same file accepts.
@@ -671,8 +745,35 @@ impl RawConfig {
     }
 }
 
+/// The revocation store `[auth]` names: Redis when `revocation_redis[_env]` is set, else the
+/// SQLite file.
+pub fn revocation_store(a: &AuthSection) -> Result<Revocations, ConfigError> {
+    let url = match (&a.revocation_redis, &a.revocation_redis_env) {
+        (None, None) => return open_revocations(&a.revocation_db),
+        (Some(url), None) => {
+            let userinfo = url.split_once("://").and_then(|(_, rest)| rest.split('/').next()).unwrap_or("");
+            if userinfo.contains('@') && userinfo.split('@').next().is_some_and(|u| u.contains(':')) {
+                return Err(ConfigError::Invalid(
+                    "auth.revocation_redis must not hold a password; put the whole URL in an environment variable named by auth.revocation_redis_env".into(),
+                ));
+            }
+            url.clone()
+        }
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            ConfigError::Invalid(format!("auth.revocation_redis_env: environment variable {var} is not set"))
+        })?,
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid(
+                "set one of auth.revocation_redis and auth.revocation_redis_env, not both".into(),
+            ));
+        }
+    };
+    Revocations::redis(&url, &a.revocation_redis_key)
+        .map_err(|e| ConfigError::Invalid(format!("auth.revocation_redis: {e}")))
+}
+
 /// Opens the revocation database, creating its directory.
-pub fn open_revocations(path: &std::path::Path) -> Result<portcullis_auth::Revocations, ConfigError> {
+pub fn open_revocations(path: &std::path::Path) -> Result<Revocations, ConfigError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| ConfigError::Invalid(format!("auth.revocation_db: cannot create {}: {e}", dir.display())))?;
@@ -740,14 +841,33 @@ mod tests {
         }
     }
 
+    /// A scratch directory for state files (keys, revocation databases).
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("portcullis-cfg-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn empty_file_is_the_embedded_default() {
-        let c = Config::resolve(RawConfig::parse("", "x").unwrap()).unwrap();
+        let mut raw = RawConfig::parse("", "x").unwrap();
+        assert_eq!(format!("{raw:?}"), format!("{:?}", RawConfig::default()));
+        let dir = scratch("empty");
+        raw.auth.dev_key = dir.join("key.p8");
+        raw.auth.revocation_db = dir.join("rev.db");
+        let c = Config::resolve(raw).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.http.path, "/mcp");
         assert_eq!(c.http.max_body_bytes, 4 << 20);
         assert_eq!(c.http.origins.hosts, ["localhost", "127.0.0.1", "[::1]"]);
         assert!(c.demo);
+        // Dev authentication: tokens required, the dev authorization server and admin API served.
+        let auth = c.http.auth.unwrap();
+        assert_eq!(auth.authorization_servers, ["http://127.0.0.1:8080"]);
+        let routes: Vec<&str> = c.http.extra_routes.iter().map(|r| r.name).collect();
+        assert_eq!(routes, ["dev authorization server", "admin API"]);
+        assert!(dir.join("key.p8").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -772,15 +892,25 @@ mod tests {
     }
 
     #[test]
-    fn public_listeners_default_to_any_host() {
-        let c = Config::resolve(RawConfig::parse("[server]\nlisten = \"0.0.0.0:80\"\n", "x").unwrap()).unwrap();
+    fn public_listeners_default_to_any_host_and_need_real_authentication() {
+        let dir = scratch("public");
+        let auth = format!(
+            "[auth]\nmode = \"jwt\"\nresource = \"https://mcp.example.com/mcp\"\nrevocation_db = {:?}\n[[auth.api_keys]]\nname = \"a\"\nsha256 = \"{}\"\n",
+            dir.join("rev.db").display().to_string(),
+            "0".repeat(64)
+        );
+        let c = Config::resolve(RawConfig::parse(&format!("[server]\nlisten = \"0.0.0.0:80\"\n{auth}"), "x").unwrap())
+            .unwrap();
         assert!(c.http.origins.hosts.is_empty());
-        let c = Config::resolve(
-            RawConfig::parse("[server]\nlisten = \"0.0.0.0:80\"\nallowed_hosts = [\"mcp.example.com\"]\n", "x")
-                .unwrap(),
-        )
-        .unwrap();
+        let text = format!("[server]\nlisten = \"0.0.0.0:80\"\nallowed_hosts = [\"mcp.example.com\"]\n{auth}");
+        let c = Config::resolve(RawConfig::parse(&text, "x").unwrap()).unwrap();
         assert_eq!(c.http.origins.hosts, ["mcp.example.com"]);
+        // The dev authorization server and no authentication are loopback-only.
+        assert!(err("[server]\nlisten = \"0.0.0.0:80\"\n").contains("only on a loopback address"));
+        assert!(
+            err("[server]\nlisten = \"0.0.0.0:80\"\n[auth]\nmode = \"off\"\n").contains("only on a loopback address")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -852,7 +982,7 @@ mod docs_tests {
         let doc = include_str!("../docs/config.md");
         let start = doc.find("```toml\n").expect("docs/config.md has a toml block") + 8;
         let end = start + doc[start..].find("```").expect("the toml block ends");
-        let from_docs = Config::resolve(RawConfig::parse(&doc[start..end], "docs/config.md").unwrap()).unwrap();
-        assert_eq!(format!("{from_docs:?}"), format!("{:?}", Config::embedded()));
+        let from_docs = RawConfig::parse(&doc[start..end], "docs/config.md").unwrap();
+        assert_eq!(format!("{from_docs:?}"), format!("{:?}", RawConfig::default()));
     }
 }

@@ -5,6 +5,7 @@
 //! This crate is the only one that reads files, environment variables and signals; the libraries
 //! under `crates/` take what they need as arguments.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 

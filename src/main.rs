@@ -38,7 +38,7 @@ enum Command {
     },
     /// Mint a token from the local dev issuer (development only; the server must run with
     /// `[auth] mode = "dev"` and the same key file), or revoke tokens.
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
 }
 
 #[derive(clap::Args)]
@@ -55,6 +55,9 @@ struct MintArgs {
     /// Configuration file (default: the embedded default).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The listen address `serve` was given with `--listen` (the issuer and audience follow it).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
     /// Subject (`sub`).
     #[arg(long)]
     sub: Option<String>,
@@ -114,10 +117,12 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { file } => check_config(&file),
         Command::ApiKey { name } => api_key(&name),
-        Command::Token(TokenArgs { action: Some(TokenCommand::Revoke { config, jti, sub, client }), .. }) => {
-            revoke(config.as_ref(), jti, sub, client)
-        }
-        Command::Token(TokenArgs { action: None, mint }) => mint_token(&mint),
+        Command::Token(args) => match *args {
+            TokenArgs { action: Some(TokenCommand::Revoke { config, jti, sub, client }), .. } => {
+                revoke(config.as_ref(), jti, sub, client)
+            }
+            TokenArgs { action: None, mint } => mint_token(&mint),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,17 +133,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: Option<&PathBuf>) -> anyhow::Result<(Config, bool)> {
+/// The file (or the embedded default), with the command line's `--listen` applied.
+fn load_raw(path: Option<&PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<RawConfig> {
     let raw = match path {
         Some(p) => RawConfig::load(p)?,
         None => RawConfig::default(),
     };
-    let hosts_set = raw.server.allowed_hosts.is_some() || raw.server.allowed_origins.is_some();
-    Ok((Config::resolve(raw)?, hosts_set))
+    Ok(match listen {
+        Some(addr) => raw.listening_on(addr),
+        None => raw,
+    })
 }
 
 fn check_config(file: &PathBuf) -> anyhow::Result<()> {
-    let (config, _) = load(Some(file))?;
+    let config = Config::resolve(load_raw(Some(file), None)?)?;
     eprintln!("{} is valid", file.display());
     eprintln!("{config:#?}");
     Ok(())
@@ -151,29 +159,28 @@ fn revoke(
     client: Option<String>,
 ) -> anyhow::Result<()> {
     use portcullis_auth::Revoke;
-    let raw = match config {
-        Some(p) => RawConfig::load(p)?,
-        None => RawConfig::default(),
-    };
+    let raw = load_raw(config, None)?;
     let what = match (jti, sub, client) {
         (Some(j), None, None) => Revoke::TokenId(j),
         (None, Some(s), None) => Revoke::Subject(s),
         (None, None, Some(c)) => Revoke::Client(c),
         _ => anyhow::bail!("give exactly one of --jti, --sub, --client"),
     };
-    let db = portcullis::config::open_revocations(&raw.auth.revocation_db)?;
-    db.revoke(&what)?;
-    eprintln!("revoked {what:?} in {}", raw.auth.revocation_db.display());
+    let store = portcullis::config::revocation_store(&raw.auth)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(store.revoke(&what))?;
+    let place = match (&raw.auth.revocation_redis, &raw.auth.revocation_redis_env) {
+        (None, None) => raw.auth.revocation_db.display().to_string(),
+        _ => format!("Redis hash {}", raw.auth.revocation_redis_key),
+    };
+    eprintln!("revoked {what:?} in {place}");
     Ok(())
 }
 
 fn mint_token(args: &MintArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
     let sub = args.sub.as_deref().ok_or_else(|| anyhow::anyhow!("--sub is required (or use `token revoke`)"))?;
-    let raw = match &args.config {
-        Some(p) => RawConfig::load(p)?,
-        None => RawConfig::default(),
-    };
+    let raw = load_raw(args.config.as_ref(), args.listen)?;
     let dev = raw.dev_mint();
     let ttl = portcullis::config::parse_duration(&args.ttl)
         .ok_or_else(|| anyhow::anyhow!("invalid --ttl {:?}: use e.g. 10m or 1h", args.ttl))?;
@@ -225,10 +232,12 @@ fn api_key(name: &str) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (mut config, hosts_set) = load(args.config.as_ref())?;
-    if let Some(listen) = args.listen {
-        config = config.with_listen(listen, hosts_set);
+    let mut raw = load_raw(args.config.as_ref(), args.listen)?;
+    if args.stdio {
+        // A pipe to one local process: nothing to authenticate, so no key or revocation files.
+        raw.auth.mode = portcullis::config::AuthMode::Off;
     }
+    let mut config = Config::resolve(raw)?;
     if let Some(format) = args.log_format {
         config.log.format = format;
     }
@@ -261,13 +270,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.http.path,
             config.http.sse_path
         );
-        if config.http.auth.is_none() {
-            tracing::warn!("authentication is off ([auth] mode = \"off\"): this server is for local use only");
+        if let Some(r) = &config.revocations {
+            r.check_connection().await.context("the revocation store")?;
+        }
+        match &config.http.auth {
+            None => tracing::warn!("authentication is off ([auth] mode = \"off\"): this server is for local use only"),
+            Some(auth) => tracing::info!(resource = %auth.resource, "authentication on: bearer tokens required"),
+        }
+        if config.http.extra_routes.iter().any(|r| r.name == "dev authorization server") {
+            tracing::warn!(
+                issuer = %auth_issuer(&config),
+                "DEV ONLY: the built-in authorization server approves every login as the dev user; \
+                 mint a token with `portcullis token --sub you` or let an OAuth client log in"
+            );
         }
         portcullis::serve_http(listener, engine, &config).await.context("HTTP transport")?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn auth_issuer(config: &Config) -> String {
+    config.http.auth.as_ref().and_then(|a| a.authorization_servers.last().cloned()).unwrap_or_default()
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {

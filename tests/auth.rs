@@ -408,6 +408,7 @@ async fn attack_a_revoked_jti_is_refused_on_the_very_next_request() {
     portcullis_auth::Revocations::open(&db)
         .unwrap()
         .revoke(&portcullis_auth::Revoke::TokenId("jti-alice".into()))
+        .await
         .unwrap();
     let r = post(&client(), &s.url())
         .bearer_auth(&token)
@@ -421,7 +422,11 @@ async fn attack_a_revoked_jti_is_refused_on_the_very_next_request() {
     // Other users are unaffected; revoking the subject stops bob's next token too.
     let bob = sign(RSA_A, "rsa-a", &claims("bob", AUD));
     assert_eq!(init_with(&s, &bob).await.status(), 200);
-    portcullis_auth::Revocations::open(&db).unwrap().revoke(&portcullis_auth::Revoke::Subject("bob".into())).unwrap();
+    portcullis_auth::Revocations::open(&db)
+        .unwrap()
+        .revoke(&portcullis_auth::Revoke::Subject("bob".into()))
+        .await
+        .unwrap();
     assert_eq!(init_with(&s, &bob).await.status(), 401);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -458,4 +463,67 @@ async fn attack_same_subject_from_another_authority_cannot_use_the_session() {
     let r =
         post(&client(), &s.url()).bearer_auth(&jwt).header("mcp-session-id", &sid).json(&ping).send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Redis at 127.0.0.1:6379 (the test command checks it is reachable): a unique hash per test.
+fn redis_revocations(key: &str) -> Arc<portcullis_auth::Revocations> {
+    Arc::new(portcullis_auth::Revocations::redis("redis://127.0.0.1:6379/0", key).unwrap())
+}
+
+async fn secured_with(revocations: Arc<portcullis_auth::Revocations>, keys: &KeyServer) -> Server {
+    let issuer = rs256_issuer(jwks_for(&keys.url, Duration::from_secs(30)), vec![AUD.into()]).unwrap();
+    let verifier = Authenticator::new(vec![issuer], Duration::from_secs(600), 100).with_revocations(revocations);
+    start_with(move |o| {
+        o.auth = Some(HttpAuth {
+            verifier: Arc::new(verifier),
+            resource: AUD.into(),
+            authorization_servers: vec![],
+            scopes_supported: vec![],
+        });
+    })
+    .await
+}
+
+#[tokio::test]
+async fn revocations_in_redis_reach_every_replica_on_the_next_request() {
+    let key = format!("portcullis:test:revocations:{}:{}", std::process::id(), now());
+    let probe = redis_revocations(&key);
+    if let Err(e) = probe.check_connection().await {
+        panic!("this test needs Redis on 127.0.0.1:6379 (apt-get install redis-server): {e}");
+    }
+    let keys = key_server(&["rsa-a"]).await;
+    // Two replicas, each with its own connection to the shared list.
+    let a = secured_with(redis_revocations(&key), &keys).await;
+    let b = secured_with(redis_revocations(&key), &keys).await;
+    let token = sign(RSA_A, "rsa-a", &claims("alice", AUD));
+    assert_eq!(init_with(&a, &token).await.status(), 200);
+    assert_eq!(init_with(&b, &token).await.status(), 200, "cached on both replicas now");
+    probe.revoke(&portcullis_auth::Revoke::TokenId("jti-alice".into())).await.unwrap();
+    assert_eq!(init_with(&a, &token).await.status(), 401);
+    assert_eq!(init_with(&b, &token).await.status(), 401);
+    let bob = sign(RSA_A, "rsa-a", &claims("bob", AUD));
+    assert_eq!(init_with(&b, &bob).await.status(), 200);
+    probe.revoke(&portcullis_auth::Revoke::Subject("bob".into())).await.unwrap();
+    assert_eq!(init_with(&a, &bob).await.status(), 401);
+    // Clean up the test's hash.
+    let client = redis::Client::open("redis://127.0.0.1:6379/0").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_revocation_store_fails_closed() {
+    // A port nothing listens on: the revocation status is unknown, so the token is not accepted.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = Arc::new(
+        portcullis_auth::Revocations::redis(&format!("redis://127.0.0.1:{port}/0"), "portcullis:revocations").unwrap(),
+    );
+    assert!(dead.check_connection().await.is_err());
+    let keys = key_server(&["rsa-a"]).await;
+    let s = secured_with(dead, &keys).await;
+    let token = sign(RSA_A, "rsa-a", &claims("alice", AUD));
+    let r = init_with(&s, &token).await;
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains(&token));
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use portcullis::Config;
+use portcullis::config::RawConfig;
 use portcullis_engine::{LogLevel, Registry, Tool, ToolOutput};
 use portcullis_transport::{HttpOptions, MemoryStore, SessionStore};
 use serde_json::{Value, json};
@@ -52,7 +53,7 @@ pub async fn start() -> Server {
 }
 
 pub async fn start_with(tweak: impl FnOnce(&mut HttpOptions)) -> Server {
-    let config = Config::embedded();
+    let config = Config::resolve(RawConfig::unauthenticated()).unwrap();
     let mut http = config.http.clone();
     tweak(&mut http);
     let registry = Arc::new(Registry::new());

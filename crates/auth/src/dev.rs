@@ -34,21 +34,7 @@ impl DevKey {
         let err = |reason: String| DevKeyError { path: path.display().to_string(), reason };
         let pkcs8 = match std::fs::read(path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                    .map_err(|_| err("key generation failed".into()))?;
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-                }
-                let mut opts = std::fs::OpenOptions::new();
-                opts.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-                f.write_all(doc.as_ref()).map_err(|e| err(e.to_string()))?;
-                f.sync_all().map_err(|e| err(e.to_string()))?;
-                doc.as_ref().to_vec()
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path).map_err(err)?,
             Err(e) => return Err(err(e.to_string())),
         };
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
@@ -86,6 +72,37 @@ impl DevKey {
         h.kid = Some(self.kid.clone());
         h.typ = Some("at+jwt".into());
         jsonwebtoken::encode(&h, claims, &EncodingKey::from_ec_der(&self.pkcs8))
+    }
+}
+
+/// Writes a new key to `path` (owner-only) unless another process got there first, in which case
+/// that key is read: the file is written under a temporary name and linked into place, which never
+/// replaces an existing file, so a reader never sees half a key.
+fn create(path: &Path) -> Result<Vec<u8>, String> {
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+        .map_err(|_| "key generation failed".to_owned())?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension(format!("tmp-{}-{:x}", std::process::id(), u64::from_le_bytes(nonce)));
+    let write = || -> std::io::Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(doc.as_ref())?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    };
+    let linked = write();
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(doc.as_ref().to_vec()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -82,10 +82,13 @@ impl Authenticator {
     /// Verifies one token and checks it is not revoked.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthFailure> {
         let principal = self.verify_token(token).await?;
-        if let Some(r) = &self.revocations
-            && r.is_revoked(&principal)
-        {
-            return Err(AuthFailure::Invalid("token revoked".into()));
+        if let Some(r) = &self.revocations {
+            match r.is_revoked(&principal).await {
+                Ok(false) => {}
+                Ok(true) => return Err(AuthFailure::Invalid("token revoked".into())),
+                // Fail closed: a token whose revocation status is unknown is not accepted.
+                Err(e) => return Err(AuthFailure::Unavailable(e.to_string())),
+            }
         }
         Ok(principal)
     }

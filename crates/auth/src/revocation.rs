@@ -1,13 +1,17 @@
-//! Revoked credentials: by token id (`jti`), subject or client id. Kept in SQLite so they
-//! survive restarts and so `portcullis token revoke` (another process) reaches a running server:
-//! every check first asks SQLite whether another connection changed the database (`PRAGMA
-//! data_version`, a few microseconds) and reloads if so. A revocation is therefore effective on
-//! the very next request, for cached tokens too.
+//! Revoked credentials: by token id (`jti`), subject or client id, effective on the very next
+//! request (cached tokens too). Two backends:
+//!
+//! - **SQLite** (default): survives restarts, and `portcullis token revoke` (another process)
+//!   reaches a running server: every check first asks SQLite whether another connection changed
+//!   the database (`PRAGMA data_version`, a few microseconds) and reloads if so. If the file
+//!   cannot be read, the last loaded list still applies (and the error is logged).
+//! - **Redis**: one hash shared by every replica; each check is one `HMGET` round trip. If Redis
+//!   cannot answer, the check fails closed: the request gets 503, never a pass.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_engine::Principal;
 use rusqlite::Connection;
@@ -23,11 +27,30 @@ pub enum Revoke {
     Client(String),
 }
 
-/// The revocation list and its SQLite file.
+/// The revocation list.
 pub struct Revocations {
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite(SqliteList),
+    Redis(RedisList),
+}
+
+/// The list in a SQLite file, mirrored in memory.
+struct SqliteList {
     /// Held only for single statements.
     db: Mutex<Connection>,
     sets: RwLock<Sets>,
+}
+
+/// The list in one Redis hash; fields are `jti:<id>`, `sub:<subject>`, `client:<id>`.
+struct RedisList {
+    client: redis::Client,
+    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    key: String,
+    /// Where it is, for messages (without credentials).
+    place: String,
 }
 
 #[derive(Default)]
@@ -38,12 +61,12 @@ struct Sets {
     clients: HashSet<String>,
 }
 
-/// A revocation database problem.
+/// A revocation store problem.
 #[derive(Debug, thiserror::Error)]
-#[error("revocation database {path}: {source}")]
+#[error("revocation store {place}: {reason}")]
 pub struct RevocationError {
-    path: String,
-    source: rusqlite::Error,
+    place: String,
+    reason: String,
 }
 
 // === impl Revoke ===
@@ -61,9 +84,9 @@ impl Revoke {
 // === impl Revocations ===
 
 impl Revocations {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the SQLite database at `path`.
     pub fn open(path: &Path) -> Result<Self, RevocationError> {
-        let err = |source| RevocationError { path: path.display().to_string(), source };
+        let err = |e: rusqlite::Error| RevocationError { place: path.display().to_string(), reason: e.to_string() };
         let db = Connection::open(path).map_err(err)?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -77,11 +100,78 @@ impl Revocations {
              );",
         )
         .map_err(err)?;
-        let r = Self { db: Mutex::new(db), sets: RwLock::default() };
-        r.reload().map_err(err)?;
-        Ok(r)
+        let list = SqliteList { db: Mutex::new(db), sets: RwLock::default() };
+        list.reload().map_err(err)?;
+        Ok(Self { backend: Backend::Sqlite(list) })
     }
 
+    /// Uses the Redis hash `key` at `url` (`redis://[user:password@]host:port[/db]`). Connects on
+    /// first use; [`Revocations::check_connection`] connects now.
+    pub fn redis(url: &str, key: &str) -> Result<Self, RevocationError> {
+        let place = redact_url(url);
+        let client =
+            redis::Client::open(url).map_err(|e| RevocationError { place: place.clone(), reason: e.to_string() })?;
+        let list = RedisList { client, conn: tokio::sync::OnceCell::new(), key: key.to_owned(), place };
+        Ok(Self { backend: Backend::Redis(list) })
+    }
+
+    /// Connects to the store now (Redis), so a wrong address is reported at startup.
+    pub async fn check_connection(&self) -> Result<(), RevocationError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Redis(r) => {
+                let mut conn = r.conn().await?;
+                let _: i64 = redis::cmd("HLEN").arg(&r.key).query_async(&mut conn).await.map_err(|e| r.err(&e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a revocation (idempotent).
+    pub async fn revoke(&self, what: &Revoke) -> Result<(), RevocationError> {
+        let (kind, value) = what.kind();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+        match &self.backend {
+            Backend::Sqlite(l) => l.revoke(kind, value, now),
+            Backend::Redis(r) => {
+                let mut conn = r.conn().await?;
+                let _: i64 = redis::cmd("HSET")
+                    .arg(&r.key)
+                    .arg(format!("{kind}:{value}"))
+                    .arg(now)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| r.err(&e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// True when `p`'s token, subject or client is revoked; an error when that cannot be known
+    /// (the caller fails closed).
+    pub async fn is_revoked(&self, p: &Principal) -> Result<bool, RevocationError> {
+        match &self.backend {
+            Backend::Sqlite(l) => Ok(l.is_revoked(p)),
+            Backend::Redis(r) => {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(&r.key).arg(format!("sub:{}", p.subject));
+                if let Some(j) = &p.token_id {
+                    cmd.arg(format!("jti:{j}"));
+                }
+                if let Some(c) = &p.client_id {
+                    cmd.arg(format!("client:{c}"));
+                }
+                let mut conn = r.conn().await?;
+                let found: Vec<Option<i64>> = cmd.query_async(&mut conn).await.map_err(|e| r.err(&e))?;
+                Ok(found.iter().any(Option::is_some))
+            }
+        }
+    }
+}
+
+// === impl SqliteList ===
+
+impl SqliteList {
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -104,22 +194,18 @@ impl Revocations {
         Ok(())
     }
 
-    /// Records a revocation (idempotent).
-    pub fn revoke(&self, what: &Revoke) -> Result<(), RevocationError> {
-        let (kind, value) = what.kind();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    fn revoke(&self, kind: &str, value: &str, now: i64) -> Result<(), RevocationError> {
+        let err = |e: rusqlite::Error| RevocationError { place: "(sqlite)".into(), reason: e.to_string() };
         self.lock()
             .execute(
                 "INSERT OR IGNORE INTO revocations (kind, value, revoked_at) VALUES (?1, ?2, ?3)",
                 rusqlite::params![kind, value, now],
             )
-            .map_err(|source| RevocationError { path: "(open)".into(), source })?;
-        self.reload().map_err(|source| RevocationError { path: "(open)".into(), source })
+            .map_err(err)?;
+        self.reload().map_err(err)
     }
 
-    /// True when `p`'s token, subject or client is revoked. Fails closed: if the database cannot
-    /// be read, the last loaded list still applies and the error is logged.
-    pub fn is_revoked(&self, p: &Principal) -> bool {
+    fn is_revoked(&self, p: &Principal) -> bool {
         let current = self.lock().query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
         match current {
             Ok(v) if v != self.sets.read().unwrap_or_else(std::sync::PoisonError::into_inner).version => {
@@ -137,6 +223,37 @@ impl Revocations {
     }
 }
 
+// === impl RedisList ===
+
+impl RedisList {
+    async fn conn(&self) -> Result<redis::aio::ConnectionManager, RevocationError> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        self.conn
+            .get_or_try_init(|| redis::aio::ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .cloned()
+            .map_err(|e| self.err(&e))
+    }
+
+    fn err(&self, e: &redis::RedisError) -> RevocationError {
+        RevocationError { place: self.place.clone(), reason: e.to_string() }
+    }
+}
+
+/// `redis://user:secret@host/0` → `redis://host/0`: never a password in a message.
+fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => "(redis)".into(),
+    }
+}
+
 impl std::fmt::Debug for Revocations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Revocations").finish_non_exhaustive()
@@ -147,8 +264,8 @@ impl std::fmt::Debug for Revocations {
 mod tests {
     use super::*;
 
-    #[test]
-    fn another_connection_s_revocation_is_seen_on_the_next_check() {
+    #[tokio::test]
+    async fn another_connection_s_revocation_is_seen_on_the_next_check() {
         let dir = std::env::temp_dir().join(format!("portcullis-rev-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("rev.db");
@@ -160,20 +277,26 @@ mod tests {
             subject: "alice".into(),
             ..Principal::anonymous()
         };
-        assert!(!server.is_revoked(&p));
-        cli.revoke(&Revoke::TokenId("t1".into())).unwrap();
-        assert!(server.is_revoked(&p), "effective on the very next check");
+        assert!(!server.is_revoked(&p).await.unwrap());
+        cli.revoke(&Revoke::TokenId("t1".into())).await.unwrap();
+        assert!(server.is_revoked(&p).await.unwrap(), "effective on the very next check");
         let q = Principal { token_id: Some("t2".into()), ..p.clone() };
-        assert!(!server.is_revoked(&q));
-        cli.revoke(&Revoke::Client("app".into())).unwrap();
-        assert!(server.is_revoked(&q));
+        assert!(!server.is_revoked(&q).await.unwrap());
+        cli.revoke(&Revoke::Client("app".into())).await.unwrap();
+        assert!(server.is_revoked(&q).await.unwrap());
         let r = Principal { subject: "bob".into(), client_id: None, token_id: None, ..p };
-        assert!(!server.is_revoked(&r));
-        cli.revoke(&Revoke::Subject("bob".into())).unwrap();
-        cli.revoke(&Revoke::Subject("bob".into())).unwrap();
-        assert!(server.is_revoked(&r));
+        assert!(!server.is_revoked(&r).await.unwrap());
+        cli.revoke(&Revoke::Subject("bob".into())).await.unwrap();
+        cli.revoke(&Revoke::Subject("bob".into())).await.unwrap();
+        assert!(server.is_revoked(&r).await.unwrap());
         drop((server, cli));
-        assert!(Revocations::open(&path).unwrap().is_revoked(&r), "persisted");
+        assert!(Revocations::open(&path).unwrap().is_revoked(&r).await.unwrap(), "persisted");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn redis_urls_are_shown_without_credentials() {
+        assert_eq!(redact_url("redis://user:hunter2@cache:6379/0"), "redis://cache:6379/0");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

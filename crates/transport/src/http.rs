@@ -60,6 +60,24 @@ pub struct HttpOptions {
     /// OAuth 2.1 resource server settings; `None` serves everyone as the anonymous principal
     /// (local use only).
     pub auth: Option<HttpAuth>,
+    /// More routes served beside the MCP endpoint (the dev authorization server, the admin API),
+    /// behind the same Host/Origin check.
+    pub extra_routes: Vec<ExtraRoutes>,
+}
+
+/// Routes another component serves on the same listener.
+#[derive(Clone)]
+pub struct ExtraRoutes {
+    /// What they are, for logs and `Debug`.
+    pub name: &'static str,
+    /// The routes.
+    pub router: Router,
+}
+
+impl std::fmt::Debug for ExtraRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ExtraRoutes").field(&self.name).finish()
+    }
 }
 
 /// The resource-server side of 2025-11-25 basic/authorization.
@@ -128,6 +146,7 @@ impl Default for HttpOptions {
             sse_retry: Duration::from_secs(1),
             sse_buffer_events: 256,
             auth: None,
+            extra_routes: Vec::new(),
         }
     }
 }
@@ -166,11 +185,27 @@ pub fn router(
             .route(&format!("/.well-known/oauth-protected-resource{}", opts.path), get(resource_metadata))
             .route("/.well-known/oauth-protected-resource", get(resource_metadata));
     }
-    router
+    let mut router = router
         .route(&opts.path, post(post_mcp).get(get_mcp).delete(delete_mcp))
         .route(&opts.sse_path, get(crate::legacy::get_sse))
         .route(&opts.message_path, post(crate::legacy::post_message))
-        .with_state(app)
+        .with_state(app);
+    for extra in &opts.extra_routes {
+        // The same DNS-rebinding protection as the MCP endpoint.
+        let origins = opts.origins.clone();
+        router = router.merge(extra.router.clone().layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let verdict = origins.check(req.headers());
+                async move {
+                    match verdict {
+                        Ok(()) => next.run(req).await,
+                        Err(refusal) => Rejection::Forbidden(refusal).into_response(),
+                    }
+                }
+            },
+        )));
+    }
+    router
 }
 
 /// Serves `router` on `listener` until `signal` resolves, then stops accepting, ends SSE streams,

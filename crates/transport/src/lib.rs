@@ -18,6 +18,6 @@ mod store;
 mod wire;
 
 pub use guard::OriginPolicy;
-pub use http::{HttpAuth, HttpOptions, router, serve};
+pub use http::{ExtraRoutes, HttpAuth, HttpOptions, router, serve};
 pub use stdio::StdioOptions;
 pub use store::{HttpSession, MemoryStore, SessionStore, StoreFull};
