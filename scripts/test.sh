@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # scripts/test.sh - the project's single test command: prerequisites, fmt, clippy, unit/integration
-# tests, release build, then the external conformance suites and interop clients against real
+# tests, optimised build, then the external conformance suites and interop clients against real
 # Portcullis servers started here (and stopped on exit).
 # Usage: ./scripts/test.sh
 # Stages: (a) prerequisites  (b) cargo fmt --check  (c) cargo clippy -D warnings  (d) cargo test
-#         (e) release build  (f) conformance: examples/conformance_server + scripts/conformance.sh
-#         (g) interop: portcullis serve (HTTP + SSE) and --stdio + scripts/interop.sh
+#         (e) build          (f) conformance: examples/conformance_server + scripts/conformance.sh
+#         (g) interop: portcullis serve (embedded default, token from `portcullis token`; HTTP + SSE)
+#             and --stdio + scripts/interop.sh
 #         (h) authentication against oidc-provider (cargo test --features idp-tests --test idp_oidc)
-#         (i) OAuth client flows: scripts/oauth-interop.sh (TS + Python SDK OAuth providers)
-# Env: CARGO_TARGET_DIR (default target), PORTCULLIS_TEST_CACHE (tool cache, see scripts/lib.sh),
+#         (i) OAuth client flows: scripts/oauth-interop.sh (TS + Python SDK OAuth providers against
+#             oidc-provider and against the built-in dev authorization server)
+# Env: CARGO_TARGET_DIR (default target), PORTCULLIS_PROFILE (cargo profile, default ci),
+#      PORTCULLIS_TEST_CACHE (tool cache, see scripts/lib.sh),
 #      PORTCULLIS_READY_TIMEOUT (seconds to wait for a server to listen, default 30).
 # Exit non-zero if any stage failed or was skipped; the last lines summarise every stage.
 set -euo pipefail
@@ -18,6 +21,9 @@ target=${CARGO_TARGET_DIR:-$root/target}
 case $target in /*) ;; *) target=$root/$target ;; esac
 logs=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-test.XXXXXX")
 ready_timeout=${PORTCULLIS_READY_TIMEOUT:-30}
+# One optimised build profile for every stage: release without LTO (see Cargo.toml [profile.ci]);
+# benchmarks use the LTO release profile.
+profile=${PORTCULLIS_PROFILE:-ci}
 
 results=(); failed=0; server_pids=()
 record() { # STATUS LABEL [NOTE]
@@ -96,10 +102,14 @@ else
 fi
 have flock || { need_harness=0; missing+=("flock (util-linux)"); }
 echo "test tool cache: ${PORTCULLIS_TEST_CACHE:-$HOME/.cache/portcullis-test}"
+declare -A svc_need=([Redis]="tests/auth.rs (revocations shared through Redis)")
 for svc in "PostgreSQL 5432" "MariaDB 3306" "Redis 6379"; do
   read -r svc_name svc_port <<<"$svc"
   if reachable 127.0.0.1 "$svc_port"; then echo "$svc_name: reachable on 127.0.0.1:$svc_port"
-  else echo "$svc_name: NOT reachable on 127.0.0.1:$svc_port (no test needs it yet)"; fi
+  else
+    echo "$svc_name: NOT reachable on 127.0.0.1:$svc_port${svc_need[$svc_name]:+ - needed by ${svc_need[$svc_name]}}"
+    [ -n "${svc_need[$svc_name]:-}" ] && missing+=("$svc_name on 127.0.0.1:$svc_port (needed by ${svc_need[$svc_name]})")
+  fi
 done
 if [ ${#missing[@]} -eq 0 ]; then
   record PASS "(a) prerequisites"
@@ -117,15 +127,15 @@ run_stage() {
 }
 
 run_stage "(b) format" "$need_rust" cargo fmt --all --check || true
-run_stage "(c) clippy" "$need_rust" cargo clippy --workspace --all-targets --release -- -D warnings || true
-run_stage "(d) cargo test" "$need_rust" cargo test --workspace --release || true
+run_stage "(c) clippy" "$need_rust" cargo clippy --workspace --all-targets --profile "$profile" -- -D warnings || true
+run_stage "(d) cargo test" "$need_rust" cargo test --workspace --profile "$profile" || true
 built=0
-run_stage "(e) release build" "$need_rust" cargo build --release --bin portcullis --example conformance_server && built=1
+run_stage "(e) build" "$need_rust" cargo build --profile "$profile" --bin portcullis --example conformance_server && built=1
 
-portcullis=$target/release/portcullis
-conformance_server=$target/release/examples/conformance_server
+portcullis=$target/$profile/portcullis
+conformance_server=$target/$profile/examples/conformance_server
 harness_ok=$(( built && need_harness ))
-if [ $built = 1 ] || [ "$need_rust" != 1 ]; then why_skip="prerequisites missing"; else why_skip="release build failed"; fi
+if [ $built = 1 ] || [ "$need_rust" != 1 ]; then why_skip="prerequisites missing"; else why_skip="build failed"; fi
 
 # ---------------------------------------------------------------------------------------------
 announce "(f) conformance suites against examples/conformance_server"
@@ -151,9 +161,13 @@ fi
 announce "(g) interop clients against portcullis serve (HTTP, SSE, stdio)"
 if [ $harness_ok = 1 ]; then
   port2=$(free_port)
-  if start_server portcullis "$logs/portcullis.log" "$portcullis" serve --listen "127.0.0.1:$port2"; then
+  # The embedded default (dev authentication): a token minted by `portcullis token` with the same
+  # --listen, both run from one state directory so they share the dev signing key.
+  state2="$logs/state-g"; mkdir -p "$state2"
+  if start_server portcullis "$logs/portcullis.log" env -C "$state2" "$portcullis" serve --listen "127.0.0.1:$port2" \
+      && token2=$(env -C "$state2" "$portcullis" token --listen "127.0.0.1:$port2" --sub interop --scope mcp:tools); then
     pid2=$server_pid
-    if scripts/interop.sh "http://127.0.0.1:$port2" --stdio "$(printf '%q' "$portcullis") serve --stdio"; then
+    if scripts/interop.sh "http://127.0.0.1:$port2" --token "$token2" --stdio "$(printf '%q' "$portcullis") serve --stdio"; then
       record PASS "(g) interop"
     else
       record FAIL "(g) interop" "see above; server log $logs/portcullis.log"
@@ -171,7 +185,7 @@ announce "(h) authentication against a real authorization server (oidc-provider)
 if [ "$need_rust" = 1 ] && [ "$need_harness" = 1 ]; then
   # scripts/idp.sh installs the pinned oidc-provider on first use; install it up front so a
   # failed install reads as such rather than as a failing test.
-  if (source scripts/lib.sh && pc_idp_dir >/dev/null) && cargo test --release --features idp-tests --test idp_oidc; then
+  if (source scripts/lib.sh && pc_idp_dir >/dev/null) && cargo test --profile "$profile" --features idp-tests --test idp_oidc; then
     record PASS "(h) auth vs oidc-provider"
   else
     record FAIL "(h) auth vs oidc-provider" "see above"

@@ -268,7 +268,9 @@ async def main():
         if EXPECTED_ISSUER:
             assert a_s == EXPECTED_ISSUER, f"PRM authorization_servers[0] {a_s} is not the expected issuer {EXPECTED_ISSUER}"
         origin = "{0.scheme}://{0.netloc}".format(urlsplit(a_s))
+        # The AS metadata, not the PRM: with the built-in dev server both live on the same origin.
         meta = next((e for e in log if e["method"] == "GET" and e["url"].startswith(f"{origin}/.well-known/")
+                     and "/.well-known/oauth-protected-resource" not in e["url"]
                      and e["status"] == 200 and "json" in e), None)
         assert meta, f"no authorization server metadata fetched from {origin}"
         assert meta["json"].get("issuer") == a_s, f"AS metadata issuer {meta['json'].get('issuer')} != {a_s}"

@@ -214,7 +214,9 @@ await step('discovery', async () => {
   check(as, 'PRM lists no authorization_servers');
   if (expectedIssuer) check(as === expectedIssuer, `PRM authorization_servers[0] ${as} is not the expected issuer ${expectedIssuer}`);
   const asOrigin = new URL(as).origin;
-  const asGet = log.find((e) => e.method === 'GET' && e.url.startsWith(`${asOrigin}/.well-known/`) && e.status === 200 && e.json);
+  // The AS metadata, not the PRM: with the built-in dev server both live on the same origin.
+  const asGet = log.find((e) => e.method === 'GET' && e.url.startsWith(`${asOrigin}/.well-known/`)
+    && !e.url.includes('/.well-known/oauth-protected-resource') && e.status === 200 && e.json);
   check(asGet, `no authorization server metadata fetched from ${asOrigin}`);
   check(asGet.json.issuer === as, `AS metadata issuer ${asGet.json.issuer} != ${as}`);
   const fallback = log.find((e) => e.url.startsWith(`${serverUrl.origin}/.well-known/oauth-authorization-server`)

@@ -1,0 +1,254 @@
+//! Authorization policy: which principal may see and use which tool, resource or prompt.
+//!
+//! A [`Policy`] is compiled once from configuration; [`Policy::decide`] is a pure function of
+//! (principal, kind, target) to a [`Decision`]: no I/O, no clock, no locks. Lists and calls ask
+//! the same question, so a principal never sees a tool it cannot call, and never calls one it
+//! cannot see.
+//!
+//! The order of the checks, and the rule each refusal names:
+//! 1. **Tenants.** A target claimed by a tenant (`[[policy.tenants]]` patterns) exists only for
+//!    principals of that tenant (`tenant:<name>`). Unclaimed targets are shared.
+//! 2. **Roles.** Some role of the principal — or the role `*`, which every principal has — must
+//!    allow the target (`role:<name>`); otherwise it is hidden (`default-deny`).
+//! 3. **Scopes.** The token must hold every scope the target requires (`[policy.tool_scopes]` and
+//!    friends, the union of all matching patterns); otherwise the target stays visible but using
+//!    it asks for a step-up (`scope:<pattern>`): HTTP 403 `insufficient_scope`.
+
+use std::sync::Arc;
+
+use crate::Principal;
+
+/// What kind of thing is being reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A tool, by name.
+    Tool,
+    /// A resource, by URI (templates by their URI template).
+    Resource,
+    /// A prompt, by name.
+    Prompt,
+}
+
+/// The answer for one (principal, target).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Visible and usable; `rule` is the grant that allowed it.
+    Allow {
+        /// The deciding rule.
+        rule: Arc<str>,
+    },
+    /// Invisible: left out of lists, and using it answers as if it did not exist.
+    Hide {
+        /// The deciding rule.
+        rule: Arc<str>,
+        /// Why, for audit and `policy explain` (never sent to the client).
+        reason: &'static str,
+    },
+    /// Visible, but using it needs a token with more scopes.
+    StepUp {
+        /// The deciding rule.
+        rule: Arc<str>,
+        /// Every scope the target requires (the token lacks at least one).
+        scopes: Vec<String>,
+    },
+}
+
+impl Decision {
+    /// Shown in lists.
+    pub fn visible(&self) -> bool {
+        !matches!(self, Self::Hide { .. })
+    }
+
+    /// The rule that decided.
+    pub fn rule(&self) -> &str {
+        match self {
+            Self::Allow { rule } | Self::Hide { rule, .. } | Self::StepUp { rule, .. } => rule,
+        }
+    }
+}
+
+/// A role: what its members may reach.
+#[derive(Debug, Clone, Default)]
+pub struct Role {
+    /// The role name as it appears in tokens; `*` applies to every principal.
+    pub name: String,
+    /// Tool name patterns.
+    pub tools: Vec<String>,
+    /// Resource URI (and URI template) patterns.
+    pub resources: Vec<String>,
+    /// Prompt name patterns.
+    pub prompts: Vec<String>,
+}
+
+/// A tenant: the targets only its principals see.
+#[derive(Debug, Clone, Default)]
+pub struct Tenant {
+    /// The tenant id as it appears in tokens.
+    pub name: String,
+    /// Tool name patterns.
+    pub tools: Vec<String>,
+    /// Resource URI patterns.
+    pub resources: Vec<String>,
+    /// Prompt name patterns.
+    pub prompts: Vec<String>,
+}
+
+/// Scopes a set of targets requires.
+#[derive(Debug, Clone)]
+pub struct ScopeRule {
+    /// What the rule covers.
+    pub kind: Kind,
+    /// The target pattern.
+    pub pattern: String,
+    /// Scopes required (all of them).
+    pub scopes: Vec<String>,
+}
+
+/// The compiled policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    roles: Vec<(Arc<str>, Role)>,
+    tenants: Vec<(Arc<str>, Tenant)>,
+    scopes: Vec<(Arc<str>, ScopeRule)>,
+    /// Allow everything (authentication off, or no policy configured for a tool-only library).
+    open: bool,
+}
+
+// === impl Policy ===
+
+impl Policy {
+    /// Allows every target to every principal (local use without authentication).
+    pub fn allow_all() -> Self {
+        Self { roles: Vec::new(), tenants: Vec::new(), scopes: Vec::new(), open: true }
+    }
+
+    /// Compiles roles, tenants and scope requirements. Deny by default.
+    pub fn new(roles: Vec<Role>, tenants: Vec<Tenant>, scopes: Vec<ScopeRule>) -> Self {
+        Self {
+            roles: roles.into_iter().map(|r| (Arc::from(format!("role:{}", r.name)), r)).collect(),
+            tenants: tenants.into_iter().map(|t| (Arc::from(format!("tenant:{}", t.name)), t)).collect(),
+            scopes: scopes.into_iter().map(|s| (Arc::from(format!("scope:{}", s.pattern)), s)).collect(),
+            open: false,
+        }
+    }
+
+    /// True when this policy allows everything.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Decides whether `principal` may see and use the `kind` target named `target`.
+    pub fn decide(&self, principal: &Principal, kind: Kind, target: &str) -> Decision {
+        if self.open {
+            return Decision::Allow { rule: Arc::from("open") };
+        }
+        for (rule, t) in &self.tenants {
+            if patterns(t, kind).iter().any(|p| glob(p, target)) && principal.tenant.as_deref() != Some(&t.name) {
+                return Decision::Hide { rule: rule.clone(), reason: "belongs to another tenant" };
+            }
+        }
+        let grant = self.roles.iter().find(|(_, r)| {
+            (r.name == "*" || principal.roles.iter().any(|pr| *pr == r.name))
+                && patterns(r, kind).iter().any(|p| glob(p, target))
+        });
+        let Some((grant, _)) = grant else {
+            return Decision::Hide { rule: Arc::from("default-deny"), reason: "no role of the caller allows it" };
+        };
+        let mut required: Vec<String> = Vec::new();
+        let mut missing_rule: Option<&Arc<str>> = None;
+        for (rule, s) in &self.scopes {
+            if s.kind != kind || !glob(&s.pattern, target) {
+                continue;
+            }
+            for scope in &s.scopes {
+                if !required.contains(scope) {
+                    required.push(scope.clone());
+                }
+                if missing_rule.is_none() && !principal.scopes.contains(scope) {
+                    missing_rule = Some(rule);
+                }
+            }
+        }
+        match missing_rule {
+            Some(rule) => Decision::StepUp { rule: rule.clone(), scopes: required },
+            None => Decision::Allow { rule: grant.clone() },
+        }
+    }
+}
+
+trait Patterns {
+    fn tools(&self) -> &[String];
+    fn resources(&self) -> &[String];
+    fn prompts(&self) -> &[String];
+}
+
+impl Patterns for Role {
+    fn tools(&self) -> &[String] {
+        &self.tools
+    }
+    fn resources(&self) -> &[String] {
+        &self.resources
+    }
+    fn prompts(&self) -> &[String] {
+        &self.prompts
+    }
+}
+
+impl Patterns for Tenant {
+    fn tools(&self) -> &[String] {
+        &self.tools
+    }
+    fn resources(&self) -> &[String] {
+        &self.resources
+    }
+    fn prompts(&self) -> &[String] {
+        &self.prompts
+    }
+}
+
+fn patterns(p: &impl Patterns, kind: Kind) -> &[String] {
+    match kind {
+        Kind::Tool => p.tools(),
+        Kind::Resource => p.resources(),
+        Kind::Prompt => p.prompts(),
+    }
+}
+
+/// Shell-style wildcard match: `*` is any run of characters (including `/`), `?` one character.
+/// Linear time: on a mismatch, only the last `*` is widened.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        for (p, t) in [("*", ""), ("*", "anything"), ("get_*", "get_jira_issue"), ("demo://*", "demo://a/b"), ("a?c", "abc"), ("*_issue", "create_jira_issue"), ("a*b*c", "aXbYc")] {
+            assert!(glob(p, t), "{p} ~ {t}");
+        }
+        for (p, t) in [("get_*", "set_x"), ("a?c", "ac"), ("abc", "abcd"), ("a*b*c", "aXbY"), ("", "x")] {
+            assert!(!glob(p, t), "{p} !~ {t}");
+        }
+    }
+}
