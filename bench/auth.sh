@@ -24,7 +24,8 @@ public_key_files = ["$root/tests/fixtures/rsa-a.pub.pem"]
 TOML
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "$cfg"' EXIT
-"$bin" serve --listen 127.0.0.1:3500 >/dev/null 2>&1 & pids+=($!)
+noauth=$(mktemp); printf '[auth]\nmode = "off"\n' > "$noauth"
+"$bin" serve --config "$noauth" --listen 127.0.0.1:3500 >/dev/null 2>&1 & pids+=($!)
 "$bin" serve --config "$cfg" >/dev/null 2>&1 & pids+=($!)
 sleep 2
 tok=$("$jb" mint http://127.0.0.1:3502/mcp)

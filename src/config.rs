@@ -31,6 +31,96 @@ pub struct RawConfig {
     /// Authentication (OAuth 2.1 resource server).
     #[serde(default)]
     pub auth: AuthSection,
+    /// Who may see and use which tools, resources and prompts.
+    #[serde(default)]
+    pub policy: PolicySection,
+}
+
+/// `[policy]`: roles, tenants and required scopes, compiled into the engine's `Policy`.
+/// Deny by default; ignored (everything allowed) when `auth.mode = "off"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// `[[policy.roles]]`: what each role may reach; the role `*` applies to everyone.
+    /// Default: one role `*` allowing everything.
+    pub roles: Vec<PolicyTargets>,
+    /// `[[policy.tenants]]`: targets only that tenant's principals see.
+    pub tenants: Vec<PolicyTargets>,
+    /// Tool name pattern → scopes a token needs to call it (all of them; every matching pattern
+    /// counts). Default: `"*" = ["mcp:tools"]`.
+    pub tool_scopes: std::collections::BTreeMap<String, Vec<String>>,
+    /// Resource URI pattern → scopes needed to read it.
+    pub resource_scopes: std::collections::BTreeMap<String, Vec<String>>,
+    /// Prompt name pattern → scopes needed to get it.
+    pub prompt_scopes: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// A role or tenant and the target patterns (`*` any run of characters, `?` one) it covers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyTargets {
+    /// The role or tenant name as tokens carry it.
+    pub name: String,
+    /// Tool name patterns.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Resource URI (and URI template) patterns.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Prompt name patterns.
+    #[serde(default)]
+    pub prompts: Vec<String>,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        let all = vec!["*".to_owned()];
+        Self {
+            roles: vec![PolicyTargets { name: "*".into(), tools: all.clone(), resources: all.clone(), prompts: all }],
+            tenants: Vec::new(),
+            tool_scopes: [("*".to_owned(), vec!["mcp:tools".to_owned()])].into(),
+            resource_scopes: Default::default(),
+            prompt_scopes: Default::default(),
+        }
+    }
+}
+
+impl PolicySection {
+    /// The engine's policy.
+    pub fn compile(&self) -> portcullis_engine::Policy {
+        use portcullis_engine::policy::{Kind, Role, ScopeRule, Tenant};
+        let roles = self
+            .roles
+            .iter()
+            .map(|r| Role {
+                name: r.name.clone(),
+                tools: r.tools.clone(),
+                resources: r.resources.clone(),
+                prompts: r.prompts.clone(),
+            })
+            .collect();
+        let tenants = self
+            .tenants
+            .iter()
+            .map(|t| Tenant {
+                name: t.name.clone(),
+                tools: t.tools.clone(),
+                resources: t.resources.clone(),
+                prompts: t.prompts.clone(),
+            })
+            .collect();
+        let mut scopes = Vec::new();
+        for (kind, map) in [
+            (Kind::Tool, &self.tool_scopes),
+            (Kind::Resource, &self.resource_scopes),
+            (Kind::Prompt, &self.prompt_scopes),
+        ] {
+            for (pattern, needed) in map {
+                scopes.push(ScopeRule { kind, pattern: pattern.clone(), scopes: needed.clone() });
+            }
+        }
+        portcullis_engine::Policy::new(roles, tenants, scopes)
+    }
 }
 
 /// `[auth]`
@@ -316,6 +406,8 @@ pub struct Config {
     pub demo: bool,
     /// The revocation list, when authentication is on.
     pub revocations: Option<Arc<Revocations>>,
+    /// Who may see and use what (allow-all when authentication is off).
+    pub policy: portcullis_engine::Policy,
 }
 
 /// A configuration problem, with where it is.
@@ -446,6 +538,9 @@ impl Config {
         };
         let dev_issuer = raw.auth.dev_issuer.clone().unwrap_or_else(|| format!("http://{}", s.listen));
         let resolved = resolve_auth(raw.auth, s.listen, &format!("http://{}{}", s.listen, s.path), &dev_issuer)?;
+        // Without authentication every caller is the same anonymous principal: nothing to tell apart.
+        let policy =
+            if resolved.auth.is_some() { raw.policy.compile() } else { portcullis_engine::Policy::allow_all() };
         Ok(Self {
             listen: s.listen,
             http: HttpOptions {
@@ -468,6 +563,7 @@ impl Config {
             client_request_timeout: raw.sessions.client_request_timeout,
             log: raw.log,
             demo: raw.demo.enabled,
+            policy,
             revocations: resolved.revocations,
         })
     }

@@ -19,16 +19,19 @@ pub use config::Config;
 
 /// The engine for `registry` with the resolved settings.
 pub fn engine(registry: Arc<Registry>, config: &Config, name: &str) -> Arc<Engine> {
-    Arc::new(Engine::new(
-        registry,
-        ServerInfo {
-            name: name.to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            title: Some("Portcullis".to_owned()),
-            instructions: None,
-        },
-        EngineOptions { page_size: config.page_size, client_request_timeout: config.client_request_timeout },
-    ))
+    Arc::new(
+        Engine::new(
+            registry,
+            ServerInfo {
+                name: name.to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                title: Some("Portcullis".to_owned()),
+                instructions: None,
+            },
+            EngineOptions { page_size: config.page_size, client_request_timeout: config.client_request_timeout },
+        )
+        .with_policy(config.policy.clone()),
+    )
 }
 
 /// Serves Streamable HTTP and HTTP+SSE on `listener` until SIGINT/SIGTERM, then shuts down

@@ -30,6 +30,10 @@ impl Drop for Dev {
 }
 
 async fn start() -> Dev {
+    start_with(|_| {}).await
+}
+
+async fn start_with(tweak: impl FnOnce(&mut RawConfig)) -> Dev {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("portcullis-devas-{}-{n}", std::process::id()));
@@ -39,6 +43,7 @@ async fn start() -> Dev {
     let mut raw = RawConfig::default().listening_on(addr);
     raw.auth.dev_key = dir.join("key.p8");
     raw.auth.revocation_db = dir.join("rev.db");
+    tweak(&mut raw);
     let config = Config::resolve(raw).unwrap();
     let registry = std::sync::Arc::new(Registry::new());
     portcullis::demo::register(&registry).unwrap();
@@ -132,6 +137,43 @@ impl Dev {
             None,
         )
         .await
+    }
+
+    /// A token signed with the dev key, as `portcullis token --scope S --claims '{"roles": R}'` mints.
+    fn mint(&self, sub: &str, scope: &str, roles: &[&str]) -> String {
+        let key = portcullis_auth::DevKey::load_or_create(&self.dir.join("key.p8")).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        key.sign(&json!({ "iss": self.base, "sub": sub, "aud": self.resource(), "exp": now + 60, "iat": now,
+            "scope": scope, "roles": roles, "jti": format!("{sub}-{scope}") }))
+            .unwrap()
+    }
+
+    /// `initialize` then one request with the token: the HTTP response of the second.
+    async fn session_call(&self, token: &str, method: &str, params: Value) -> reqwest::Response {
+        let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": { "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
+        let accept = "application/json, text/event-stream";
+        let r = self
+            .http
+            .post(self.resource())
+            .bearer_auth(token)
+            .header("accept", accept)
+            .json(&init)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        self.http
+            .post(self.resource())
+            .bearer_auth(token)
+            .header("accept", accept)
+            .header("mcp-session-id", sid)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&json!({ "jsonrpc": "2.0", "id": 2, "method": method, "params": params }))
+            .send()
+            .await
+            .unwrap()
     }
 
     /// `initialize` with the token: the HTTP status.
@@ -438,4 +480,64 @@ async fn admin_api_revokes_with_the_admin_scope_only() {
     let r = d.http.post(&admin_url).bearer_auth(&admin).json(&json!({ "client": id })).send().await.unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(d.mcp(&user).await, 401, "revoked on the very next request");
+}
+
+#[tokio::test]
+async fn policy_hides_what_a_role_may_not_use_and_asks_for_missing_scopes() {
+    let d = start_with(|raw| {
+        let targets = |name: &str, tools: &[&str]| portcullis::config::PolicyTargets {
+            name: name.into(),
+            tools: tools.iter().map(|t| t.to_string()).collect(),
+            resources: vec![],
+            prompts: vec![],
+        };
+        raw.policy.roles = vec![targets("viewer", &["echo"]), targets("ops", &["echo", "get_time"])];
+        raw.policy.tool_scopes.insert("get_time".into(), vec!["ops.time".into()]);
+    })
+    .await;
+    let tools = |v: Value| -> Vec<String> {
+        v["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()).collect()
+    };
+
+    // A viewer sees only echo; get_time answers as an unknown tool.
+    let viewer = d.mint("vera", "mcp:tools", &["viewer"]);
+    let r = d.session_call(&viewer, "tools/list", json!({})).await;
+    assert_eq!(tools(r.json().await.unwrap()), ["echo"]);
+    let r = d.session_call(&viewer, "tools/call", json!({ "name": "get_time", "arguments": {} })).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["error"]["code"].as_i64(), v["error"]["message"].as_str()),
+        (Some(-32602), Some("unknown tool: get_time"))
+    );
+    let r = d.session_call(&viewer, "tools/call", json!({ "name": "echo", "arguments": { "message": "hi" } })).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], "hi", "{v}");
+
+    // No role at all: nothing is listed.
+    let nobody = d.mint("nora", "mcp:tools", &[]);
+    let r = d.session_call(&nobody, "tools/list", json!({})).await;
+    assert!(tools(r.json().await.unwrap()).is_empty());
+
+    // ops may use get_time, but this token lacks ops.time: listed, and calling it is a 403 step-up.
+    let ops = d.mint("otto", "mcp:tools", &["ops"]);
+    let r = d.session_call(&ops, "tools/list", json!({})).await;
+    assert_eq!(tools(r.json().await.unwrap()), ["echo", "get_time"]);
+    let r = d.session_call(&ops, "tools/call", json!({ "name": "get_time", "arguments": {} })).await;
+    assert_eq!(r.status(), 403);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"mcp:tools ops.time\""),
+        "{challenge}"
+    );
+    assert!(challenge.contains("resource_metadata="), "{challenge}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32003);
+    assert_eq!(v["error"]["data"]["requiredScopes"], json!(["mcp:tools", "ops.time"]));
+    // With the scope it works.
+    let ops2 = d.mint("otto", "mcp:tools ops.time", &["ops"]);
+    let r = d.session_call(&ops2, "tools/call", json!({ "name": "get_time", "arguments": {} })).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["result"].is_object(), "{v}");
 }

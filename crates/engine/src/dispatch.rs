@@ -20,6 +20,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::context::{RequestContext, Sink};
+use crate::policy::{Decision, Kind, Policy};
+use crate::principal::Principal;
 use crate::registry::{BoxFuture, Catalog, PromptCall, ReadCall, Registry, ToolCall, ToolError};
 use crate::session::{LogLevel, Negotiated, Session};
 
@@ -52,6 +54,16 @@ pub enum Dispatch {
     /// A handler runs; resolves to the response, or `None` if the request was cancelled
     /// (2025-11-25 basic/utilities/cancellation: no response is sent).
     Pending(BoxFuture<'static, Option<Vec<u8>>>),
+    /// The policy allows the target but the token lacks scopes: over HTTP, before any response
+    /// bytes, a 403 `insufficient_scope` challenge naming `scopes`; where the response has
+    /// already begun (a stream, a batch, HTTP+SSE, stdio), `error` (an `INSUFFICIENT_SCOPE`
+    /// JSON-RPC error with the scopes in `data`).
+    StepUp {
+        /// Every scope the target requires.
+        scopes: Vec<String>,
+        /// The JSON-RPC error response.
+        error: Vec<u8>,
+    },
 }
 
 /// Dispatches messages against a registry.
@@ -59,6 +71,7 @@ pub struct Engine {
     registry: Arc<Registry>,
     info: ServerInfo,
     options: EngineOptions,
+    policy: Policy,
 }
 
 #[derive(Deserialize)]
@@ -151,7 +164,19 @@ struct ErrorObject {
 impl Engine {
     /// An engine over `registry`.
     pub fn new(registry: Arc<Registry>, info: ServerInfo, options: EngineOptions) -> Self {
-        Self { registry, info, options }
+        Self { registry, info, options, policy: Policy::allow_all() }
+    }
+
+    /// Decides every list, call, read and get with `policy` (default: allow all).
+    #[must_use]
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// The registry.
@@ -165,34 +190,47 @@ impl Engine {
         session.close();
     }
 
-    /// Handles a request. `sink` carries what handlers send while they run.
-    pub fn request(&self, session: &Arc<Session>, req: &Request<'_>, sink: Sink) -> Dispatch {
+    /// Handles a request from `principal` (who sent this request: its scopes may differ from
+    /// those of the token that opened the session). `sink` carries what handlers send while they
+    /// run.
+    pub fn request(&self, session: &Arc<Session>, principal: &Principal, req: &Request<'_>, sink: Sink) -> Dispatch {
         let id = &req.id;
         let method = req.method.as_ref();
+        let visible = |kind: Kind, target: &str| self.policy.decide(principal, kind, target).visible();
         let answer = match method {
             "initialize" => self.initialize(session, req.params),
             "ping" => Ok("{}".to_owned()),
             _ if session.negotiated().is_none() => {
                 Err(RpcError::invalid_request("the session is not initialized: send initialize first"))
             }
-            "tools/call" => return self.call_tool(session, req, sink),
-            "resources/read" => return self.read_resource(session, req, sink),
-            "prompts/get" => return self.get_prompt(session, req, sink),
-            "tools/list" => {
-                self.list(req.params, "tools", |c| c.tools.iter().map(|t| t.definition.get().to_owned()).collect())
-            }
-            "resources/list" => {
-                self.list(req.params, "resources", |c| c.resources.iter().map(|r| r.definition.to_string()).collect())
-            }
-            "resources/templates/list" => self.list(req.params, "resourceTemplates", |c| {
-                c.templates.iter().map(|t| t.definition.to_string()).collect()
+            "tools/call" => return self.call_tool(session, principal, req, sink),
+            "resources/read" => return self.read_resource(session, principal, req, sink),
+            "prompts/get" => return self.get_prompt(session, principal, req, sink),
+            // Lists hold exactly what the same principal may call (policy.rs).
+            "tools/list" => self.list(req.params, "tools", |c| {
+                c.tools.iter().filter(|t| visible(Kind::Tool, &t.name)).map(|t| t.definition.get().to_owned()).collect()
             }),
-            "prompts/list" => {
-                self.list(req.params, "prompts", |c| c.prompts.iter().map(|p| p.definition.to_string()).collect())
-            }
+            "resources/list" => self.list(req.params, "resources", |c| {
+                c.resources
+                    .iter()
+                    .filter(|r| visible(Kind::Resource, &r.uri))
+                    .map(|r| r.definition.to_string())
+                    .collect()
+            }),
+            "resources/templates/list" => self.list(req.params, "resourceTemplates", |c| {
+                c.templates
+                    .iter()
+                    .filter(|t| visible(Kind::Resource, t.template.as_str()))
+                    .map(|t| t.definition.to_string())
+                    .collect()
+            }),
+            "prompts/list" => self.list(req.params, "prompts", |c| {
+                c.prompts.iter().filter(|p| visible(Kind::Prompt, &p.name)).map(|p| p.definition.to_string()).collect()
+            }),
             "resources/subscribe" => parse::<UriParams>(req.params).and_then(|p| {
                 let catalog = self.registry.snapshot();
-                if catalog.resource(&p.uri).is_none() && catalog.match_template(&p.uri).is_none() {
+                let exists = catalog.resource(&p.uri).is_some() || catalog.match_template(&p.uri).is_some();
+                if !exists || !visible(Kind::Resource, &p.uri) {
                     return Err(RpcError::new(code::RESOURCE_NOT_FOUND, format!("resource not found: {}", p.uri))
                         .with_data(json!({ "uri": p.uri })));
                 }
@@ -205,7 +243,7 @@ impl Engine {
                 session.unsubscribe(&p.uri);
                 "{}".to_owned()
             }),
-            "completion/complete" => self.complete(req.params),
+            "completion/complete" => self.complete(principal, req.params),
             "logging/setLevel" => set_level(session, req.params),
             other => Err(RpcError::method_not_found(other)),
         };
@@ -325,18 +363,45 @@ impl Engine {
         }
     }
 
-    fn call_tool(&self, session: &Arc<Session>, req: &Request<'_>, sink: Sink) -> Dispatch {
+    /// The policy's answer for a target that exists: `None` to go on, or the dispatch that ends
+    /// the request (`hidden` is the error a missing target gets, so a hidden one looks the same).
+    fn gate(
+        &self,
+        principal: &Principal,
+        kind: Kind,
+        target: &str,
+        id: &RequestId,
+        hidden: RpcError,
+    ) -> Option<Dispatch> {
+        match self.policy.decide(principal, kind, target) {
+            Decision::Allow { .. } => None,
+            Decision::Hide { .. } => Some(Dispatch::Ready(write_error(Some(id), &hidden))),
+            Decision::StepUp { scopes, .. } => {
+                let e = RpcError::new(
+                    code::INSUFFICIENT_SCOPE,
+                    format!("insufficient scope: this needs a token with {}", scopes.join(" ")),
+                )
+                .with_data(json!({ "error": "insufficient_scope", "requiredScopes": scopes }));
+                Some(Dispatch::StepUp { scopes, error: write_error(Some(id), &e) })
+            }
+        }
+    }
+
+    fn call_tool(&self, session: &Arc<Session>, principal: &Principal, req: &Request<'_>, sink: Sink) -> Dispatch {
         let id = &req.id;
         let p: CallParams = match parse(req.params) {
             Ok(p) => p,
             Err(e) => return Dispatch::Ready(write_error(Some(id), &e)),
         };
         let catalog = self.registry.snapshot();
+        // 2025-11-25 server/tools §Error Handling: unknown tool is a protocol error.
+        let unknown = || RpcError::invalid_params(format!("unknown tool: {}", p.name));
         let Some(tool) = catalog.tool(&p.name) else {
-            // 2025-11-25 server/tools §Error Handling: unknown tool is a protocol error.
-            let e = RpcError::invalid_params(format!("unknown tool: {}", p.name));
-            return Dispatch::Ready(write_error(Some(id), &e));
+            return Dispatch::Ready(write_error(Some(id), &unknown()));
         };
+        if let Some(stop) = self.gate(principal, Kind::Tool, &p.name, id, unknown()) {
+            return stop;
+        }
         let args = match p.arguments {
             None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
             Some(v @ Value::Object(_)) => v,
@@ -371,22 +436,27 @@ impl Engine {
         })
     }
 
-    fn read_resource(&self, session: &Arc<Session>, req: &Request<'_>, sink: Sink) -> Dispatch {
+    fn read_resource(&self, session: &Arc<Session>, principal: &Principal, req: &Request<'_>, sink: Sink) -> Dispatch {
         let id = &req.id;
         let p: UriParams = match parse(req.params) {
             Ok(p) => p,
             Err(e) => return Dispatch::Ready(write_error(Some(id), &e)),
         };
         let catalog = self.registry.snapshot();
+        let not_found = || {
+            RpcError::new(code::RESOURCE_NOT_FOUND, format!("resource not found: {}", p.uri))
+                .with_data(json!({ "uri": p.uri }))
+        };
         let (reader, vars) = if let Some(r) = catalog.resource(&p.uri) {
             (r.reader.clone(), HashMap::new())
         } else if let Some((t, vars)) = catalog.match_template(&p.uri) {
             (t.reader.clone(), vars)
         } else {
-            let e = RpcError::new(code::RESOURCE_NOT_FOUND, format!("resource not found: {}", p.uri))
-                .with_data(json!({ "uri": p.uri }));
-            return Dispatch::Ready(write_error(Some(id), &e));
+            return Dispatch::Ready(write_error(Some(id), &not_found()));
         };
+        if let Some(stop) = self.gate(principal, Kind::Resource, &p.uri, id, not_found()) {
+            return stop;
+        }
         let ctx = self.context(session, id, p.meta, sink);
         let fut = reader(ReadCall { uri: p.uri, vars, ctx });
         self.pending(session, id, async move {
@@ -395,17 +465,20 @@ impl Engine {
         })
     }
 
-    fn get_prompt(&self, session: &Arc<Session>, req: &Request<'_>, sink: Sink) -> Dispatch {
+    fn get_prompt(&self, session: &Arc<Session>, principal: &Principal, req: &Request<'_>, sink: Sink) -> Dispatch {
         let id = &req.id;
         let p: PromptParams = match parse(req.params) {
             Ok(p) => p,
             Err(e) => return Dispatch::Ready(write_error(Some(id), &e)),
         };
         let catalog = self.registry.snapshot();
+        let unknown = || RpcError::invalid_params(format!("unknown prompt: {}", p.name));
         let Some(prompt) = catalog.prompt(&p.name) else {
-            let e = RpcError::invalid_params(format!("unknown prompt: {}", p.name));
-            return Dispatch::Ready(write_error(Some(id), &e));
+            return Dispatch::Ready(write_error(Some(id), &unknown()));
         };
+        if let Some(stop) = self.gate(principal, Kind::Prompt, &p.name, id, unknown()) {
+            return stop;
+        }
         let args = p.arguments.unwrap_or_default();
         if let Some(missing) = prompt.required.iter().find(|r| !args.contains_key(*r)) {
             let e = RpcError::invalid_params(format!("prompt {} needs the argument {missing}", p.name));
@@ -441,14 +514,18 @@ impl Engine {
         }))
     }
 
-    fn complete(&self, params: Option<&RawValue>) -> Result<String, RpcError> {
+    fn complete(&self, principal: &Principal, params: Option<&RawValue>) -> Result<String, RpcError> {
         let p: CompleteParams = parse(params)?;
         let catalog = self.registry.snapshot();
+        // Completions reveal what exists: only for targets the caller can see.
+        let visible = |kind: Kind, target: &str| self.policy.decide(principal, kind, target).visible();
         let completer = match p.reference.kind.as_str() {
             "ref/prompt" => {
                 let name = p.reference.name.as_deref().unwrap_or_default();
-                let prompt =
-                    catalog.prompt(name).ok_or_else(|| RpcError::invalid_params(format!("unknown prompt: {name}")))?;
+                let prompt = catalog
+                    .prompt(name)
+                    .filter(|_| visible(Kind::Prompt, name))
+                    .ok_or_else(|| RpcError::invalid_params(format!("unknown prompt: {name}")))?;
                 prompt.completions.get(&p.argument.name).cloned()
             }
             "ref/resource" => {
@@ -456,7 +533,7 @@ impl Engine {
                 let t = catalog
                     .templates
                     .iter()
-                    .find(|t| t.template.as_str() == uri)
+                    .find(|t| t.template.as_str() == uri && visible(Kind::Resource, uri))
                     .ok_or_else(|| RpcError::invalid_params(format!("unknown resource template: {uri}")))?;
                 t.completions.get(&p.argument.name).cloned()
             }
@@ -538,9 +615,9 @@ mod tests {
 
     fn ask(e: &Engine, s: &Arc<Session>, body: &str) -> Value {
         let Ok(Body::Single(Message::Request(r))) = parse_body(body.as_bytes(), 64) else { panic!("bad test body") };
-        match e.request(s, &r, Sink::Session) {
+        match e.request(s, &Principal::anonymous(), &r, Sink::Session) {
             Dispatch::Ready(b) => serde_json::from_slice(&b).unwrap(),
-            Dispatch::Pending(_) => panic!("expected a ready answer"),
+            Dispatch::Pending(_) | Dispatch::StepUp { .. } => panic!("expected a ready answer"),
         }
     }
 

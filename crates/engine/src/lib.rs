@@ -8,6 +8,7 @@
 mod content;
 mod context;
 mod dispatch;
+pub mod policy;
 mod principal;
 mod registry;
 mod session;
@@ -16,6 +17,7 @@ mod template;
 pub use content::{Content, PromptMessage, PromptOutput, ResourceContents, ToolOutput};
 pub use context::{Outbound, RequestContext, Sink};
 pub use dispatch::{Dispatch, Engine, EngineOptions, ServerInfo};
+pub use policy::{Decision, Kind, Policy};
 pub use principal::{AuthFailure, AuthMethod, Principal, TokenVerifier};
 pub use registry::{
     BoxFuture, Catalog, Prompt, PromptBuilder, PromptCall, ReadCall, Registry, RegistryError, Resource,

@@ -148,7 +148,7 @@ impl Policy {
             }
         }
         let grant = self.roles.iter().find(|(_, r)| {
-            (r.name == "*" || principal.roles.iter().any(|pr| *pr == r.name))
+            (r.name == "*" || principal.roles.contains(&r.name))
                 && patterns(r, kind).iter().any(|p| glob(p, target))
         });
         let Some((grant, _)) = grant else {
@@ -242,9 +242,115 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn who(roles: &[&str], scopes: &[&str], tenant: Option<&str>) -> Principal {
+        Principal {
+            subject: "u".into(),
+            roles: roles.iter().map(|s| s.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            tenant: tenant.map(str::to_owned),
+            ..Principal::anonymous()
+        }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The seed S001 team: viewer, developer and cicd roles with the seed's scope map.
+    fn team() -> Policy {
+        let role = |name: &str, tools: &[&str]| Role { name: name.into(), tools: strings(tools), ..Role::default() };
+        let scope = |tool: &str, s: &str| ScopeRule { kind: Kind::Tool, pattern: tool.into(), scopes: strings(&[s]) };
+        Policy::new(
+            vec![
+                role("viewer", &["get_jira_issue", "query_database"]),
+                role("developer", &["get_jira_issue", "create_jira_issue", "query_database"]),
+                role("cicd", &["trigger_pipeline", "get_jira_issue"]),
+                Role { name: "*".into(), resources: strings(&["docs://*"]), ..Role::default() },
+            ],
+            vec![Tenant {
+                name: "acme".into(),
+                tools: strings(&["acme_*"]),
+                resources: strings(&["acme://*"]),
+                ..Tenant::default()
+            }],
+            vec![
+                scope("get_jira_issue", "jira.read"),
+                scope("create_jira_issue", "jira.write"),
+                scope("trigger_pipeline", "cicd.trigger"),
+                scope("query_database", "db.read"),
+            ],
+        )
+    }
+
+    #[test]
+    fn the_seed_team_table() {
+        let p = team();
+        let viewer = who(&["viewer"], &["jira.read", "db.read"], None);
+        let cicd_no_scope = who(&["cicd"], &["jira.read"], None);
+        let cicd = who(&["cicd"], &["cicd.trigger"], None);
+        let acme = who(&["*"], &[], Some("acme"));
+        let other = who(&["viewer"], &[], Some("globex"));
+        // (principal, kind, target, expected outcome, deciding rule)
+        let table: &[(&Principal, Kind, &str, &str, &str)] = &[
+            (&viewer, Kind::Tool, "get_jira_issue", "allow", "role:viewer"),
+            (&viewer, Kind::Tool, "trigger_pipeline", "hide", "default-deny"),
+            (&viewer, Kind::Tool, "create_jira_issue", "hide", "default-deny"),
+            (&cicd_no_scope, Kind::Tool, "trigger_pipeline", "step-up", "scope:trigger_pipeline"),
+            (&cicd_no_scope, Kind::Tool, "get_jira_issue", "allow", "role:cicd"),
+            (&cicd, Kind::Tool, "trigger_pipeline", "allow", "role:cicd"),
+            (&cicd, Kind::Tool, "get_jira_issue", "step-up", "scope:get_jira_issue"),
+            (&viewer, Kind::Resource, "docs://handbook", "allow", "role:*"),
+            (&viewer, Kind::Resource, "acme://secrets", "hide", "tenant:acme"),
+            (&other, Kind::Tool, "acme_report", "hide", "tenant:acme"),
+            (&acme, Kind::Tool, "acme_report", "hide", "default-deny"),
+            (&viewer, Kind::Prompt, "anything", "hide", "default-deny"),
+        ];
+        for (who, kind, target, outcome, rule) in table {
+            let d = p.decide(who, *kind, target);
+            let got = match &d {
+                Decision::Allow { .. } => "allow",
+                Decision::Hide { .. } => "hide",
+                Decision::StepUp { .. } => "step-up",
+            };
+            assert_eq!((got, d.rule()), (*outcome, *rule), "{:?} {kind:?} {target}", who.roles);
+        }
+        let Decision::StepUp { scopes, .. } = p.decide(&cicd_no_scope, Kind::Tool, "trigger_pipeline") else {
+            unreachable!()
+        };
+        assert_eq!(scopes, ["cicd.trigger"]);
+    }
+
+    #[test]
+    fn allow_all_and_union_of_scopes() {
+        assert!(Policy::allow_all().decide(&Principal::anonymous(), Kind::Tool, "x").visible());
+        let p = Policy::new(
+            vec![Role { name: "*".into(), tools: strings(&["*"]), ..Role::default() }],
+            vec![],
+            vec![
+                ScopeRule { kind: Kind::Tool, pattern: "*".into(), scopes: strings(&["mcp:tools"]) },
+                ScopeRule { kind: Kind::Tool, pattern: "admin_*".into(), scopes: strings(&["admin"]) },
+            ],
+        );
+        let d = p.decide(&who(&[], &["mcp:tools"], None), Kind::Tool, "admin_reset");
+        assert_eq!(d, Decision::StepUp { rule: Arc::from("scope:admin_*"), scopes: strings(&["mcp:tools", "admin"]) });
+        assert!(matches!(
+            p.decide(&who(&[], &["mcp:tools", "admin"], None), Kind::Tool, "admin_reset"),
+            Decision::Allow { .. }
+        ));
+        assert!(matches!(p.decide(&who(&[], &["mcp:tools"], None), Kind::Tool, "echo"), Decision::Allow { .. }));
+    }
+
     #[test]
     fn globs() {
-        for (p, t) in [("*", ""), ("*", "anything"), ("get_*", "get_jira_issue"), ("demo://*", "demo://a/b"), ("a?c", "abc"), ("*_issue", "create_jira_issue"), ("a*b*c", "aXbYc")] {
+        for (p, t) in [
+            ("*", ""),
+            ("*", "anything"),
+            ("get_*", "get_jira_issue"),
+            ("demo://*", "demo://a/b"),
+            ("a?c", "abc"),
+            ("*_issue", "create_jira_issue"),
+            ("a*b*c", "aXbYc"),
+        ] {
             assert!(glob(p, t), "{p} ~ {t}");
         }
         for (p, t) in [("get_*", "set_x"), ("a?c", "ac"), ("abc", "abcd"), ("a*b*c", "aXbY"), ("", "x")] {

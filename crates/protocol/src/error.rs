@@ -19,6 +19,10 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// `resources/read` of a resource that does not exist (2025-11-25 server/resources).
     pub const RESOURCE_NOT_FOUND: i64 = -32002;
+    /// The token lacks a scope the target requires (Portcullis; `data.requiredScopes` lists them).
+    /// Over HTTP this is a 403 `insufficient_scope` challenge whenever the response has not
+    /// started yet; the code is for answers inside a stream, a batch, or HTTP+SSE.
+    pub const INSUFFICIENT_SCOPE: i64 = -32003;
 }
 
 /// A JSON-RPC error: code, human message and optional structured data.

@@ -114,6 +114,15 @@ impl HttpAuth {
         format!("{scheme}://{host}/.well-known/oauth-protected-resource{sep}{path}")
     }
 
+    /// The 403 step-up challenge: the scopes the target needs (RFC 6750 §3.1).
+    pub(crate) fn scope_challenge(&self, scopes: &[String]) -> String {
+        format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{}\", resource_metadata=\"{}\", error_description=\"this needs a token with more scopes\"",
+            scopes.join(" "),
+            self.metadata_url()
+        )
+    }
+
     fn challenge(&self, error: Option<(&str, &str)>) -> String {
         let mut c = format!("Bearer resource_metadata=\"{}\"", self.metadata_url());
         if !self.scopes_supported.is_empty() {
@@ -334,7 +343,7 @@ impl App {
                 if req.method == "tools/call" && tracing::enabled!(tracing::Level::INFO) {
                     trace.tool = tool_name(&req);
                 }
-                Ok(self.answer(&hs, &req, accept).await)
+                self.answer(&hs, &principal, &req, accept).await
             }
             RpcBody::Single(Message::Notification(n)) => {
                 trace.method = Some(n.method.to_string());
@@ -351,7 +360,7 @@ impl App {
                 if !hs.session().version().is_some_and(ProtocolVersion::allows_batch) {
                     return Err(Rejection::BatchNotAllowed);
                 }
-                self.batch(&hs, items).await
+                self.batch(&hs, &principal, items).await
             }
         }
     }
@@ -367,8 +376,8 @@ impl App {
             return Err(Rejection::TooManySessions);
         }
         let hs = Arc::new(HttpSession::new(self.opts.sse_buffer_events));
-        hs.session().bind_owner(principal);
-        let Dispatch::Ready(answer) = self.engine.request(hs.session(), req, Sink::Session) else {
+        hs.session().bind_owner(principal.clone());
+        let Dispatch::Ready(answer) = self.engine.request(hs.session(), &principal, req, Sink::Session) else {
             // `initialize` is always answered synchronously.
             return Ok(wire::json(StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()));
         };
@@ -433,12 +442,37 @@ impl App {
 
     /// Runs one request. Fast handlers answer with JSON; a handler that sends anything first
     /// turns the response into an SSE stream carrying those messages, then the result.
-    async fn answer(&self, hs: &Arc<HttpSession>, req: &Request<'_>, accept: Accept) -> Response {
-        let (tx, mut rx) = mpsc::channel(64);
-        let fut = match self.engine.request(hs.session(), req, Sink::Stream(tx)) {
-            Dispatch::Ready(bytes) => return wire::single(bytes, accept),
+    async fn answer(
+        &self,
+        hs: &Arc<HttpSession>,
+        principal: &Principal,
+        req: &Request<'_>,
+        accept: Accept,
+    ) -> Result<Response, Rejection> {
+        let (tx, rx) = mpsc::channel(64);
+        let fut = match self.engine.request(hs.session(), principal, req, Sink::Stream(tx)) {
+            Dispatch::Ready(bytes) => return Ok(wire::single(bytes, accept)),
+            Dispatch::StepUp { scopes, error } => {
+                // Nothing has been sent yet: the HTTP-level step-up challenge.
+                let challenge = match &self.opts.auth {
+                    Some(auth) => auth.scope_challenge(&scopes),
+                    None => format!("Bearer error=\"insufficient_scope\", scope=\"{}\"", scopes.join(" ")),
+                };
+                return Err(Rejection::InsufficientScope { challenge, error });
+            }
             Dispatch::Pending(fut) => fut,
         };
+        Ok(self.respond(hs, fut, rx, accept).await)
+    }
+
+    /// Polls a running handler: one JSON body if it sends nothing first, else an SSE stream.
+    async fn respond(
+        &self,
+        hs: &Arc<HttpSession>,
+        fut: BoxFuture<'static, Option<Vec<u8>>>,
+        mut rx: mpsc::Receiver<Outbound>,
+        accept: Accept,
+    ) -> Response {
         if !accept.sse {
             // JSON only: nothing can be streamed, so whatever the handler sends is dropped.
             drop(rx);
@@ -538,6 +572,7 @@ impl App {
     async fn batch(
         &self,
         hs: &Arc<HttpSession>,
+        principal: &Principal,
         items: Vec<Result<Message<'_>, (Option<portcullis_protocol::RequestId>, portcullis_protocol::RpcError)>>,
     ) -> Result<Response, Rejection> {
         let mut answers = Vec::new();
@@ -548,8 +583,8 @@ impl App {
                 Ok(Message::Request(r)) if r.method == "initialize" => {
                     return Err(Rejection::InitializeInBatch);
                 }
-                Ok(Message::Request(r)) => match self.engine.request(hs.session(), &r, Sink::Session) {
-                    Dispatch::Ready(b) => answers.push(b),
+                Ok(Message::Request(r)) => match self.engine.request(hs.session(), principal, &r, Sink::Session) {
+                    Dispatch::Ready(b) | Dispatch::StepUp { error: b, .. } => answers.push(b),
                     Dispatch::Pending(f) => pending.push(Detached::new(f)),
                 },
                 Ok(Message::Notification(n)) => self.engine.notification(hs.session(), &n),

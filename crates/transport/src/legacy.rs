@@ -181,14 +181,14 @@ async fn post(
     let parsed = parse_body(&bytes, app.opts.max_json_depth).map_err(Rejection::Parse)?;
     ls.session.touch();
     match parsed {
-        RpcBody::Single(m) => handle(&app.engine, &ls, m),
+        RpcBody::Single(m) => handle(&app.engine, &ls, &principal, m),
         RpcBody::Batch(items) => {
             if !ls.session.version().is_some_and(ProtocolVersion::allows_batch) {
                 return Err(Rejection::BatchNotAllowed);
             }
             for item in items {
                 match item {
-                    Ok(m) => handle(&app.engine, &ls, m),
+                    Ok(m) => handle(&app.engine, &ls, &principal, m),
                     Err((id, e)) => {
                         let _ = ls.tx.try_send(Bytes::from(write_error(id.as_ref(), &e)));
                     }
@@ -201,10 +201,11 @@ async fn post(
     Ok(resp)
 }
 
-fn handle(engine: &Engine, ls: &Arc<LegacySession>, m: Message<'_>) {
+fn handle(engine: &Engine, ls: &Arc<LegacySession>, principal: &Principal, m: Message<'_>) {
     match m {
-        Message::Request(req) => match engine.request(&ls.session, &req, Sink::Session) {
-            Dispatch::Ready(b) => {
+        // The answer travels on the SSE stream, so a step-up is the JSON-RPC error, not a 403.
+        Message::Request(req) => match engine.request(&ls.session, principal, &req, Sink::Session) {
+            Dispatch::Ready(b) | Dispatch::StepUp { error: b, .. } => {
                 let tx = ls.tx.clone();
                 tokio::spawn(async move {
                     let _ = tx.send(Bytes::from(b)).await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use portcullis_engine::{Dispatch, Engine, Outlet, Session, Sink, new_session_id};
+use portcullis_engine::{Dispatch, Engine, Outlet, Principal, Session, Sink, new_session_id};
 use portcullis_protocol::{Body as RpcBody, Message, ParseError, ProtocolVersion, RpcError, parse_body, write_error};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -114,8 +114,9 @@ async fn handle(
     tasks: &mut JoinSet<()>,
 ) {
     match m {
-        Message::Request(req) => match engine.request(session, &req, Sink::Session) {
-            Dispatch::Ready(b) => {
+        // A pipe to one local process: the caller is the anonymous principal.
+        Message::Request(req) => match engine.request(session, &Principal::anonymous(), &req, Sink::Session) {
+            Dispatch::Ready(b) | Dispatch::StepUp { error: b, .. } => {
                 let _ = tx.send(Bytes::from(b)).await;
             }
             Dispatch::Pending(fut) => {

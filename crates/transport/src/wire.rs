@@ -49,6 +49,10 @@ pub(crate) enum Rejection {
     Unauthorized { challenge: String, message: String },
     /// The token could not be checked (identity provider down): 503, fail closed.
     AuthUnavailable,
+    /// The policy needs scopes the token lacks: 403 with an `insufficient_scope` challenge
+    /// (RFC 6750 §3.1, 2025-11-25 basic/authorization §Scope Challenge Handling); the body is the
+    /// engine's JSON-RPC error, which names them too.
+    InsufficientScope { challenge: String, error: Vec<u8> },
 }
 
 // === impl Rejection ===
@@ -64,6 +68,7 @@ impl Rejection {
             Self::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyUnreadable
             | Self::Parse(_)
@@ -116,12 +121,20 @@ impl Rejection {
             Self::AuthUnavailable => {
                 (None, RpcError::internal("authentication is temporarily unavailable; try again later"))
             }
+            Self::InsufficientScope { .. } => (None, RpcError::internal("insufficient scope")),
         }
     }
 }
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
+        if let Self::InsufficientScope { challenge, error } = self {
+            let mut resp = json(StatusCode::FORBIDDEN, Bytes::from(error));
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                resp.headers_mut().insert(WWW_AUTHENTICATE, v);
+            }
+            return resp;
+        }
         let (id, err) = self.error();
         let mut resp = json(self.status(), Bytes::from(write_error(id, &err)));
         match self {
