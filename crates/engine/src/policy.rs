@@ -148,8 +148,7 @@ impl Policy {
             }
         }
         let grant = self.roles.iter().find(|(_, r)| {
-            (r.name == "*" || principal.roles.contains(&r.name))
-                && patterns(r, kind).iter().any(|p| glob(p, target))
+            (r.name == "*" || principal.roles.contains(&r.name)) && patterns(r, kind).iter().any(|p| glob(p, target))
         });
         let Some((grant, _)) = grant else {
             return Decision::Hide { rule: Arc::from("default-deny"), reason: "no role of the caller allows it" };
