@@ -34,6 +34,136 @@ pub struct RawConfig {
     /// Who may see and use which tools, resources and prompts.
     #[serde(default)]
     pub policy: PolicySection,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[audit]`: where the hash-chained audit trail goes and when results wait for it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// `sqlite` (default), `postgres`, `jsonl`, or `off`.
+    pub sink: AuditSink,
+    /// `sqlite`: the database file; `jsonl`: the file, or `-` for stdout.
+    pub path: std::path::PathBuf,
+    /// `postgres`: the connection URL, without a password (`postgres://user@host:5432/db`).
+    pub postgres_url: Option<String>,
+    /// `postgres`: environment variable holding the URL (may include a password).
+    pub postgres_url_env: Option<String>,
+    /// `postgres`: the table (default `audit_log`).
+    pub postgres_table: String,
+    /// `durable` (default): a result is released once its record is on disk (group commit);
+    /// `async`: at once, the record follows within one batch.
+    pub durability: AuditDurability,
+    /// Argument keys whose values are recorded as `"[redacted]"` (patterns, case-insensitive,
+    /// any depth). A SHA-256 of the original arguments is always kept.
+    pub redact: Vec<String>,
+    /// Most events waiting to be written; beyond it calls are refused (never audited late).
+    pub max_queue: usize,
+}
+
+/// `[audit] sink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSink {
+    /// No audit trail.
+    Off,
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL table `audit_log`.
+    Postgres,
+    /// JSON lines.
+    Jsonl,
+}
+
+/// `[audit] durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditDurability {
+    /// Results wait for their record.
+    Durable,
+    /// Results do not wait.
+    Async,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        let d = portcullis_audit::AuditOptions::default();
+        Self {
+            sink: AuditSink::Sqlite,
+            path: ".portcullis/audit.db".into(),
+            postgres_url: None,
+            postgres_url_env: None,
+            postgres_table: "audit_log".into(),
+            durability: AuditDurability::Durable,
+            redact: d.redact,
+            max_queue: d.max_queue,
+        }
+    }
+}
+
+impl AuditSection {
+    /// Opens the configured store (`None` when `sink = "off"`).
+    pub fn open_store(&self) -> Result<Option<(portcullis_audit::Store, String)>, ConfigError> {
+        use portcullis_audit::{JsonlStore, PostgresStore, SqliteStore, Store};
+        let bad = |e: portcullis_audit::StoreError| ConfigError::Invalid(format!("audit: {e}"));
+        Ok(Some(match self.sink {
+            AuditSink::Off => return Ok(None),
+            AuditSink::Sqlite => {
+                (Store::Sqlite(SqliteStore::open(&self.path).map_err(bad)?), self.path.display().to_string())
+            }
+            AuditSink::Jsonl => {
+                (Store::Jsonl(JsonlStore::open(&self.path).map_err(bad)?), self.path.display().to_string())
+            }
+            AuditSink::Postgres => {
+                let url = match (&self.postgres_url, &self.postgres_url_env) {
+                    (Some(u), None) => {
+                        let userinfo = u.split_once("://").and_then(|(_, r)| r.split('/').next()).unwrap_or("");
+                        if userinfo.split('@').count() > 1
+                            && userinfo.split('@').next().is_some_and(|x| x.contains(':'))
+                        {
+                            return Err(ConfigError::Invalid(
+                                "audit.postgres_url must not hold a password; name an environment variable in audit.postgres_url_env".into(),
+                            ));
+                        }
+                        u.clone()
+                    }
+                    (None, Some(var)) => std::env::var(var).map_err(|_| {
+                        ConfigError::Invalid(format!("audit.postgres_url_env: environment variable {var} is not set"))
+                    })?,
+                    _ => {
+                        return Err(ConfigError::Invalid(
+                            "audit.sink = \"postgres\" needs exactly one of audit.postgres_url, audit.postgres_url_env"
+                                .into(),
+                        ));
+                    }
+                };
+                let place = url.rsplit_once('@').map_or(url.clone(), |(_, host)| format!("postgres://{host}"));
+                (
+                    Store::Postgres(Box::new(PostgresStore::connect(&url, &self.postgres_table, &place).map_err(bad)?)),
+                    place,
+                )
+            }
+        }))
+    }
+
+    /// Starts the audit log (its writer thread) on the configured store.
+    pub fn start(&self) -> Result<Option<Arc<portcullis_audit::AuditLog>>, ConfigError> {
+        let Some((store, place)) = self.open_store()? else { return Ok(None) };
+        let opts = portcullis_audit::AuditOptions {
+            durability: match self.durability {
+                AuditDurability::Durable => portcullis_audit::Durability::Durable,
+                AuditDurability::Async => portcullis_audit::Durability::Async,
+            },
+            redact: self.redact.clone(),
+            max_queue: self.max_queue.max(1),
+            ..portcullis_audit::AuditOptions::default()
+        };
+        portcullis_audit::AuditLog::start(store, opts, place)
+            .map(|l| Some(Arc::new(l)))
+            .map_err(|e| ConfigError::Invalid(format!("audit: {e}")))
+    }
 }
 
 /// `[policy]`: roles, tenants and required scopes, compiled into the engine's `Policy`.
@@ -385,6 +515,9 @@ pub enum LogFormat {
 pub struct DemoSection {
     /// Register the demo tools, resources and prompts (default true).
     pub enabled: bool,
+    /// Also register the seed S001 team tools (`get_jira_issue`, `create_jira_issue`,
+    /// `trigger_pipeline`, `query_database`) with canned answers (default false).
+    pub team: bool,
 }
 
 /// The resolved configuration.
@@ -404,10 +537,14 @@ pub struct Config {
     pub log: LogSection,
     /// Demo tools on or off.
     pub demo: bool,
+    /// The team demo tools on or off.
+    pub demo_team: bool,
     /// The revocation list, when authentication is on.
     pub revocations: Option<Arc<Revocations>>,
     /// Who may see and use what (allow-all when authentication is off).
     pub policy: portcullis_engine::Policy,
+    /// The audit trail settings (started by the server, not by resolving).
+    pub audit: AuditSection,
 }
 
 /// A configuration problem, with where it is.
@@ -474,7 +611,7 @@ impl Default for LogSection {
 
 impl Default for DemoSection {
     fn default() -> Self {
-        Self { enabled: true }
+        Self { enabled: true, team: false }
     }
 }
 
@@ -563,7 +700,9 @@ impl Config {
             client_request_timeout: raw.sessions.client_request_timeout,
             log: raw.log,
             demo: raw.demo.enabled,
+            demo_team: raw.demo.team,
             policy,
+            audit: raw.audit,
             revocations: resolved.revocations,
         })
     }
@@ -1072,6 +1211,30 @@ mod tests {
 #[cfg(test)]
 mod docs_tests {
     use super::*;
+
+    #[test]
+    fn the_team_example_is_the_seed_scenario() {
+        use portcullis_engine::{Decision, Kind, Principal};
+        let raw = RawConfig::parse(include_str!("../examples/team.toml"), "examples/team.toml").unwrap();
+        assert!(raw.demo.team && !raw.demo.enabled);
+        let policy = raw.policy.compile();
+        let who = |roles: &[&str], scopes: &str| Principal {
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            scopes: scopes.split(' ').map(str::to_owned).collect(),
+            ..Principal::anonymous()
+        };
+        let viewer = who(&["viewer"], "mcp:tools jira.read db.read");
+        assert!(matches!(policy.decide(&viewer, Kind::Tool, "get_jira_issue"), Decision::Allow { .. }));
+        assert!(!policy.decide(&viewer, Kind::Tool, "trigger_pipeline").visible());
+        let cicd = who(&["cicd"], "mcp:tools jira.read");
+        let Decision::StepUp { scopes, rule } = policy.decide(&cicd, Kind::Tool, "trigger_pipeline") else {
+            panic!("a cicd token without cicd.trigger must be asked to step up")
+        };
+        assert_eq!(
+            (scopes, &*rule),
+            (vec!["mcp:tools".to_owned(), "cicd.trigger".to_owned()], "scope:trigger_pipeline")
+        );
+    }
 
     #[test]
     fn docs_config_example_is_the_default() {

@@ -234,6 +234,70 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
+/// Registers the seed S001 team's tools (`[demo] team = true`, see `examples/team.toml`): canned
+/// Jira, CI/CD and database answers, so roles, scopes, rate limits and audit can be tried with
+/// nothing else running.
+pub fn register_team(registry: &Registry) -> Result<(), RegistryError> {
+    let obj = |props: Value, required: &[&str]| json!({ "type": "object", "properties": props, "required": required, "additionalProperties": false });
+    registry.add_tool(
+        Tool::new("get_jira_issue", "Read a Jira issue by key (canned demo data)")
+            .input_schema(obj(
+                json!({ "key": { "type": "string", "pattern": "^[A-Z][A-Z0-9]+-[0-9]+$", "description": "e.g. OPS-42" } }),
+                &["key"],
+            ))
+            .annotations(json!({ "readOnlyHint": true }))
+            .handler(|call| async move {
+                let key = call.args["key"].as_str().unwrap_or_default().to_owned();
+                let issue = json!({ "key": key, "summary": "Checkout latency above SLO", "status": "In Progress",
+                    "assignee": "dana", "priority": "High" });
+                Ok(ToolOutput::structured(issue))
+            })?,
+    );
+    registry.add_tool(
+        Tool::new("create_jira_issue", "Create a Jira issue (canned demo data: nothing is created)")
+            .input_schema(obj(
+                json!({ "project": { "type": "string", "pattern": "^[A-Z][A-Z0-9]+$" },
+                        "summary": { "type": "string", "minLength": 1, "maxLength": 255 },
+                        "description": { "type": "string", "maxLength": 10000 } }),
+                &["project", "summary"],
+            ))
+            .handler(|call| async move {
+                let project = call.args["project"].as_str().unwrap_or_default();
+                Ok(ToolOutput::structured(json!({ "key": format!("{project}-1001"), "created": true })))
+            })?,
+    );
+    registry.add_tool(
+        Tool::new("trigger_pipeline", "Trigger a CI/CD pipeline run (canned demo data: nothing runs)")
+            .input_schema(obj(
+                json!({ "pipeline": { "type": "string", "pattern": "^[a-z0-9-]{1,64}$" },
+                        "ref": { "type": "string", "maxLength": 200 } }),
+                &["pipeline"],
+            ))
+            .annotations(json!({ "destructiveHint": false, "idempotentHint": false }))
+            .handler(|call| async move {
+                let pipeline = call.args["pipeline"].as_str().unwrap_or_default();
+                let git_ref = call.args["ref"].as_str().unwrap_or("main");
+                Ok(ToolOutput::structured(
+                    json!({ "pipeline": pipeline, "ref": git_ref, "run": 4711, "status": "queued" }),
+                ))
+            })?,
+    );
+    registry.add_tool(
+        Tool::new("query_database", "Run a read-only SQL query (canned demo data)")
+            .input_schema(obj(json!({ "sql": { "type": "string", "minLength": 1, "maxLength": 2000 } }), &["sql"]))
+            .annotations(json!({ "readOnlyHint": true }))
+            .handler(|call| async move {
+                let sql = call.args["sql"].as_str().unwrap_or_default().trim_start().to_ascii_lowercase();
+                if !sql.starts_with("select") {
+                    return Ok(ToolOutput::error("only SELECT statements are allowed"));
+                }
+                Ok(ToolOutput::structured(json!({ "columns": ["service", "p99_ms"],
+                    "rows": [["checkout", 870], ["search", 120], ["auth", 45]] })))
+            })?,
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

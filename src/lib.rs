@@ -17,21 +17,33 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 
-/// The engine for `registry` with the resolved settings.
+/// The engine for `registry` with the resolved settings (no audit trail).
 pub fn engine(registry: Arc<Registry>, config: &Config, name: &str) -> Arc<Engine> {
-    Arc::new(
-        Engine::new(
-            registry,
-            ServerInfo {
-                name: name.to_owned(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                title: Some("Portcullis".to_owned()),
-                instructions: None,
-            },
-            EngineOptions { page_size: config.page_size, client_request_timeout: config.client_request_timeout },
-        )
-        .with_policy(config.policy.clone()),
+    engine_with(registry, config, name, None)
+}
+
+/// The engine for `registry`, recording every call with `auditor`.
+pub fn engine_with(
+    registry: Arc<Registry>,
+    config: &Config,
+    name: &str,
+    auditor: Option<Arc<dyn portcullis_engine::Auditor>>,
+) -> Arc<Engine> {
+    let engine = Engine::new(
+        registry,
+        ServerInfo {
+            name: name.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            title: Some("Portcullis".to_owned()),
+            instructions: None,
+        },
+        EngineOptions { page_size: config.page_size, client_request_timeout: config.client_request_timeout },
     )
+    .with_policy(config.policy.clone());
+    Arc::new(match auditor {
+        Some(a) => engine.with_auditor(a),
+        None => engine,
+    })
 }
 
 /// Serves Streamable HTTP and HTTP+SSE on `listener` until SIGINT/SIGTERM, then shuts down

@@ -39,6 +39,48 @@ enum Command {
     /// Mint a token from the local dev issuer (development only; the server must run with
     /// `[auth] mode = "dev"` and the same key file), or revoke tokens.
     Token(Box<TokenArgs>),
+    /// Inspect the audit trail: verify its hash chain, show the newest events, or search it.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the whole hash chain; names the first bad sequence number (exit 1) if any.
+    Verify {
+        /// Configuration file naming [audit] (default: the embedded default).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print the newest events, one JSON object per line.
+    Tail {
+        /// Configuration file naming [audit].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+    /// Print matching events, oldest first, one JSON object per line.
+    Query {
+        /// Configuration file naming [audit].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Only this subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only this tool (or prompt name, or resource URI).
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only events newer than this, e.g. 30m or 24h.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -123,6 +165,7 @@ fn main() -> ExitCode {
             }
             TokenArgs { action: None, mint } => mint_token(&mint),
         },
+        Command::Audit { action } => audit(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,6 +259,67 @@ fn mint_token(args: &MintArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn audit(action: AuditCommand) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let config = match &action {
+        AuditCommand::Verify { config } | AuditCommand::Tail { config, .. } | AuditCommand::Query { config, .. } => {
+            config.clone()
+        }
+    };
+    let raw = load_raw(config.as_ref(), None)?;
+    let Some((mut store, place)) = raw.audit.open_store()? else {
+        anyhow::bail!("auditing is off ([audit] sink = \"off\")")
+    };
+    let print = |records: Vec<portcullis_audit::Record>| -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        for r in records {
+            writeln!(out, "{{\"seq\":{},\"hash\":\"{}\",\"event\":{}}}", r.seq, r.hash, r.event)?;
+        }
+        Ok(())
+    };
+    match action {
+        AuditCommand::Verify { .. } => {
+            use std::io::IsTerminal as _;
+            let tty = std::io::stderr().is_terminal();
+            let mut progress = |done: u64, total: u64| {
+                if tty && total > 0 {
+                    let width = 40;
+                    let filled = (done.min(total) * width / total) as usize;
+                    eprint!("\r[{}{}] {done}/{total}", "#".repeat(filled), " ".repeat(width as usize - filled));
+                }
+            };
+            let result = portcullis_audit::verify(&mut store, &mut progress)?;
+            if tty {
+                eprintln!();
+            }
+            match result {
+                Ok(n) => {
+                    println!("ok: {n} records in {place}; the hash chain is intact");
+                    Ok(())
+                }
+                Err(b) => {
+                    println!("BROKEN at seq {}: {} ({place})", b.seq, b.reason);
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::Tail { lines, .. } => print(store.query(&portcullis_audit::Filter::default(), lines, true)?),
+        AuditCommand::Query { subject, tool, since, limit, .. } => {
+            let since_ms = match since {
+                None => None,
+                Some(s) => {
+                    let d = portcullis::config::parse_duration(&s)
+                        .ok_or_else(|| anyhow::anyhow!("invalid --since {s:?}: use e.g. 30m or 24h"))?;
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+                    Some(now.saturating_sub(d).as_millis() as u64)
+                }
+            };
+            let filter = portcullis_audit::Filter { subject, target: tool, since_ms };
+            print(store.query(&filter, limit, false)?)
+        }
+    }
+}
+
 fn api_key(name: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut bytes = [0u8; 32];
@@ -246,7 +350,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if config.demo {
         portcullis::demo::register(&registry).context("registering the demo tools")?;
     }
-    let engine = portcullis::engine(registry, &config, "portcullis");
+    if config.demo_team {
+        portcullis::demo::register_team(&registry).context("registering the team demo tools")?;
+    }
+    let audit = if args.stdio { None } else { config.audit.start()? };
+    let auditor = audit.clone().map(|a| a as Arc<dyn portcullis_engine::Auditor>);
+    let engine = portcullis::engine_with(registry, &config, "portcullis", auditor);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         if args.stdio {
@@ -284,7 +393,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                  mint a token with `portcullis token --sub you` or let an OAuth client log in"
             );
         }
+        if let Some(a) = &audit {
+            tracing::info!(store = %a.place(), "audit trail on");
+        }
         portcullis::serve_http(listener, engine, &config).await.context("HTTP transport")?;
+        if let Some(a) = &audit
+            && let Err(e) = a.flush().await
+        {
+            tracing::error!(error = %e.0, "the audit trail could not be flushed at shutdown");
+        }
         tracing::info!("stopped");
         Ok(())
     })

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::{AbortHandle, Abortable};
 use portcullis_protocol::{
@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use crate::audit::{AuditEvent, Auditor};
 use crate::context::{RequestContext, Sink};
 use crate::policy::{Decision, Kind, Policy};
 use crate::principal::Principal;
@@ -72,6 +73,7 @@ pub struct Engine {
     info: ServerInfo,
     options: EngineOptions,
     policy: Policy,
+    auditor: Option<Arc<dyn Auditor>>,
 }
 
 #[derive(Deserialize)]
@@ -164,7 +166,20 @@ struct ErrorObject {
 impl Engine {
     /// An engine over `registry`.
     pub fn new(registry: Arc<Registry>, info: ServerInfo, options: EngineOptions) -> Self {
-        Self { registry, info, options, policy: Policy::allow_all() }
+        Self { registry, info, options, policy: Policy::allow_all(), auditor: None }
+    }
+
+    /// Records every call, read, get and denial with `auditor`; a result is released only once
+    /// its record is taken as configured (durable by default).
+    #[must_use]
+    pub fn with_auditor(mut self, auditor: Arc<dyn Auditor>) -> Self {
+        self.auditor = Some(auditor);
+        self
+    }
+
+    /// The auditor, for transports to record what they refuse (authentication, rate limits).
+    pub fn auditor(&self) -> Option<&Arc<dyn Auditor>> {
+        self.auditor.as_ref()
     }
 
     /// Decides every list, call, read and get with `policy` (default: allow all).
@@ -363,8 +378,9 @@ impl Engine {
         }
     }
 
-    /// The policy's answer for a target that exists: `None` to go on, or the dispatch that ends
-    /// the request (`hidden` is the error a missing target gets, so a hidden one looks the same).
+    /// The policy's answer for a target that exists: `None` to go on (with the rule recorded in
+    /// `event`), or the dispatch that ends the request (`hidden` is the error a missing target
+    /// gets, so a hidden one looks the same). Denials are audited.
     fn gate(
         &self,
         principal: &Principal,
@@ -372,34 +388,85 @@ impl Engine {
         target: &str,
         id: &RequestId,
         hidden: RpcError,
+        event: &mut AuditEvent,
     ) -> Option<Dispatch> {
-        match self.policy.decide(principal, kind, target) {
+        let decision = self.policy.decide(principal, kind, target);
+        event.rule = Some(decision.rule().to_owned());
+        match decision {
             Decision::Allow { .. } => None,
-            Decision::Hide { .. } => Some(Dispatch::Ready(write_error(Some(id), &hidden))),
+            Decision::Hide { .. } => {
+                let mut event = event.clone();
+                (event.kind, event.decision, event.outcome) = ("denial", "hide", "denied".into());
+                Some(self.finish(event, write_error(Some(id), &hidden)))
+            }
             Decision::StepUp { scopes, .. } => {
                 let e = RpcError::new(
                     code::INSUFFICIENT_SCOPE,
                     format!("insufficient scope: this needs a token with {}", scopes.join(" ")),
                 )
                 .with_data(json!({ "error": "insufficient_scope", "requiredScopes": scopes }));
+                if let Some(a) = &self.auditor {
+                    // Queued now; the 403 does not wait for it (no result is released).
+                    let mut event = event.clone();
+                    (event.kind, event.decision, event.outcome) = ("denial", "step-up", "denied".into());
+                    drop(a.record(event));
+                }
                 Some(Dispatch::StepUp { scopes, error: write_error(Some(id), &e) })
             }
         }
     }
 
+    /// The event every audited method starts from.
+    fn audit_event(
+        &self,
+        session: &Session,
+        principal: &Principal,
+        req: &Request<'_>,
+        target: &str,
+        arguments: Option<Value>,
+    ) -> AuditEvent {
+        let mut e = AuditEvent::new("call", Some(principal), &req.method);
+        e.request_id = Some(req.id.to_string());
+        e.session = Some(session.id().to_owned());
+        e.target = Some(target.to_owned());
+        e.arguments = arguments;
+        e
+    }
+
+    /// Releases `bytes` once `event` is recorded (at once without an auditor).
+    fn finish(&self, mut event: AuditEvent, bytes: Vec<u8>) -> Dispatch {
+        let Some(auditor) = &self.auditor else { return Dispatch::Ready(bytes) };
+        if event.outcome.is_empty() {
+            event.outcome = outcome_of(&bytes);
+        }
+        event.result_bytes = Some(bytes.len() as u64);
+        let recorded = auditor.record(event);
+        Dispatch::Pending(Box::pin(async move {
+            match recorded.await {
+                Ok(()) => Some(bytes),
+                Err(_) => Some(audit_failed(&bytes)),
+            }
+        }))
+    }
+
     fn call_tool(&self, session: &Arc<Session>, principal: &Principal, req: &Request<'_>, sink: Sink) -> Dispatch {
+        let started = Instant::now();
         let id = &req.id;
         let p: CallParams = match parse(req.params) {
             Ok(p) => p,
-            Err(e) => return Dispatch::Ready(write_error(Some(id), &e)),
+            Err(e) => {
+                let event = self.audit_event(session, principal, req, "", None);
+                return self.finish(event, write_error(Some(id), &e));
+            }
         };
+        let mut event = self.audit_event(session, principal, req, &p.name, p.arguments.clone());
         let catalog = self.registry.snapshot();
         // 2025-11-25 server/tools §Error Handling: unknown tool is a protocol error.
         let unknown = || RpcError::invalid_params(format!("unknown tool: {}", p.name));
         let Some(tool) = catalog.tool(&p.name) else {
-            return Dispatch::Ready(write_error(Some(id), &unknown()));
+            return self.finish(event, write_error(Some(id), &unknown()));
         };
-        if let Some(stop) = self.gate(principal, Kind::Tool, &p.name, id, unknown()) {
+        if let Some(stop) = self.gate(principal, Kind::Tool, &p.name, id, unknown(), &mut event) {
             return stop;
         }
         let args = match p.arguments {
@@ -407,7 +474,7 @@ impl Engine {
             Some(v @ Value::Object(_)) => v,
             Some(_) => {
                 let e = RpcError::invalid_params("tools/call arguments must be an object");
-                return Dispatch::Ready(write_error(Some(id), &e));
+                return self.finish(event, write_error(Some(id), &e));
             }
         };
         if !tool.validator.is_valid(&args) {
@@ -423,25 +490,33 @@ impl Engine {
                 .collect();
             let out =
                 crate::ToolOutput::error(format!("invalid arguments for tool {}: {}", p.name, problems.join("; ")));
-            return Dispatch::Ready(write_result(id, &to_json(&out)));
+            event.outcome = "tool-error".into();
+            event.flags.push("invalid-arguments".into());
+            event.latency_us = started.elapsed().as_micros() as u64;
+            return self.finish(event, write_result(id, &to_json(&out)));
         }
         let ctx = self.context(session, id, p.meta, sink);
         let fut = (tool.handler)(ToolCall { args, ctx });
-        self.pending(session, id, async move {
+        self.pending(session, id, Some((event, started)), async move {
             let out = match fut.await {
                 Ok(out) => out,
                 Err(ToolError(msg)) => crate::ToolOutput::error(msg),
             };
-            Ok(to_json(&out))
+            Ok((to_json(&out), out.is_error))
         })
     }
 
     fn read_resource(&self, session: &Arc<Session>, principal: &Principal, req: &Request<'_>, sink: Sink) -> Dispatch {
+        let started = Instant::now();
         let id = &req.id;
         let p: UriParams = match parse(req.params) {
             Ok(p) => p,
-            Err(e) => return Dispatch::Ready(write_error(Some(id), &e)),
+            Err(e) => {
+                let event = self.audit_event(session, principal, req, "", None);
+                return self.finish(event, write_error(Some(id), &e));
+            }
         };
+        let mut event = self.audit_event(session, principal, req, &p.uri, None);
         let catalog = self.registry.snapshot();
         let not_found = || {
             RpcError::new(code::RESOURCE_NOT_FOUND, format!("resource not found: {}", p.uri))
@@ -452,49 +527,58 @@ impl Engine {
         } else if let Some((t, vars)) = catalog.match_template(&p.uri) {
             (t.reader.clone(), vars)
         } else {
-            return Dispatch::Ready(write_error(Some(id), &not_found()));
+            return self.finish(event, write_error(Some(id), &not_found()));
         };
-        if let Some(stop) = self.gate(principal, Kind::Resource, &p.uri, id, not_found()) {
+        if let Some(stop) = self.gate(principal, Kind::Resource, &p.uri, id, not_found(), &mut event) {
             return stop;
         }
         let ctx = self.context(session, id, p.meta, sink);
         let fut = reader(ReadCall { uri: p.uri, vars, ctx });
-        self.pending(session, id, async move {
+        self.pending(session, id, Some((event, started)), async move {
             let contents = fut.await?;
-            Ok(to_json(&json!({ "contents": contents })))
+            Ok((to_json(&json!({ "contents": contents })), false))
         })
     }
 
     fn get_prompt(&self, session: &Arc<Session>, principal: &Principal, req: &Request<'_>, sink: Sink) -> Dispatch {
+        let started = Instant::now();
         let id = &req.id;
         let p: PromptParams = match parse(req.params) {
             Ok(p) => p,
-            Err(e) => return Dispatch::Ready(write_error(Some(id), &e)),
+            Err(e) => {
+                let event = self.audit_event(session, principal, req, "", None);
+                return self.finish(event, write_error(Some(id), &e));
+            }
         };
+        let arguments = p.arguments.as_ref().map(|a| json!(a));
+        let mut event = self.audit_event(session, principal, req, &p.name, arguments);
         let catalog = self.registry.snapshot();
         let unknown = || RpcError::invalid_params(format!("unknown prompt: {}", p.name));
         let Some(prompt) = catalog.prompt(&p.name) else {
-            return Dispatch::Ready(write_error(Some(id), &unknown()));
+            return self.finish(event, write_error(Some(id), &unknown()));
         };
-        if let Some(stop) = self.gate(principal, Kind::Prompt, &p.name, id, unknown()) {
+        if let Some(stop) = self.gate(principal, Kind::Prompt, &p.name, id, unknown(), &mut event) {
             return stop;
         }
         let args = p.arguments.unwrap_or_default();
         if let Some(missing) = prompt.required.iter().find(|r| !args.contains_key(*r)) {
             let e = RpcError::invalid_params(format!("prompt {} needs the argument {missing}", p.name));
-            return Dispatch::Ready(write_error(Some(id), &e));
+            return self.finish(event, write_error(Some(id), &e));
         }
         let ctx = self.context(session, id, p.meta, sink);
         let fut = (prompt.handler)(PromptCall { args, ctx });
-        self.pending(session, id, async move { Ok(to_json(&fut.await?)) })
+        self.pending(session, id, Some((event, started)), async move { Ok((to_json(&fut.await?), false)) })
     }
 
     /// Wraps a handler future: registered for cancellation, serialized when done.
+    /// The handler's future resolves to the result JSON and whether it is a tool-level error.
+    /// With an auditor, the response is released only once `audit`'s event is recorded.
     fn pending(
         &self,
         session: &Arc<Session>,
         id: &RequestId,
-        fut: impl Future<Output = Result<String, RpcError>> + Send + 'static,
+        audit: Option<(AuditEvent, Instant)>,
+        fut: impl Future<Output = Result<(String, bool), RpcError>> + Send + 'static,
     ) -> Dispatch {
         let (handle, registration) = AbortHandle::new_pair();
         if !session.track(id.clone(), handle) {
@@ -503,13 +587,28 @@ impl Engine {
         }
         let session = session.clone();
         let id = id.clone();
+        let audit = self.auditor.clone().zip(audit);
         Dispatch::Pending(Box::pin(async move {
             let outcome = Abortable::new(fut, registration).await;
             session.untrack(&id);
-            match outcome {
-                Ok(Ok(json)) => Some(write_result(&id, &json)),
-                Ok(Err(e)) => Some(write_error(Some(&id), &e)),
-                Err(_aborted) => None,
+            let (bytes, result) = match outcome {
+                Ok(Ok((json, tool_error))) => {
+                    (Some(write_result(&id, &json)), if tool_error { "tool-error".to_owned() } else { "ok".to_owned() })
+                }
+                Ok(Err(e)) => (Some(write_error(Some(&id), &e)), format!("error:{}", e.code)),
+                Err(_aborted) => (None, "cancelled".to_owned()),
+            };
+            let Some((auditor, (mut event, started))) = audit else { return bytes };
+            event.outcome = result;
+            event.latency_us = started.elapsed().as_micros() as u64;
+            event.result_bytes = bytes.as_ref().map(|b| b.len() as u64);
+            match auditor.record(event).await {
+                Ok(()) => bytes,
+                // Fail closed: a result without its record is not released.
+                Err(_) => Some(write_error(
+                    Some(&id),
+                    &RpcError::internal("the audit trail is unavailable, so the result is withheld; try again later"),
+                )),
             }
         }))
     }
@@ -546,6 +645,31 @@ impl Engine {
         values.truncate(100);
         Ok(json!({ "completion": { "values": values, "total": total, "hasMore": total > 100 } }).to_string())
     }
+}
+
+/// `ok`, or `error:<code>` when `bytes` is a JSON-RPC error response.
+fn outcome_of(bytes: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Peek {
+        error: Option<ErrorObject>,
+    }
+    match serde_json::from_slice::<Peek>(bytes) {
+        Ok(Peek { error: Some(e) }) => format!("error:{}", e.code),
+        _ => "ok".into(),
+    }
+}
+
+/// The response that replaces a result whose audit record could not be taken: the result is
+/// withheld (fail closed), the request id kept.
+fn audit_failed(bytes: &[u8]) -> Vec<u8> {
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    let e = RpcError::internal("the audit trail is unavailable, so the result is withheld; try again later");
+    let id = serde_json::from_slice::<Peek<'_>>(bytes).ok().and_then(|p| p.id).and_then(RequestId::from_raw);
+    write_error(id.as_ref(), &e)
 }
 
 fn set_level(session: &Session, params: Option<&RawValue>) -> Result<String, RpcError> {

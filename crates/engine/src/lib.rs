@@ -5,6 +5,7 @@
 //! hands back serialized responses. It never touches sockets, HTTP status codes or the
 //! environment.
 
+pub mod audit;
 mod content;
 mod context;
 mod dispatch;
@@ -14,6 +15,7 @@ mod registry;
 mod session;
 mod template;
 
+pub use audit::{AuditEvent, AuditUnavailable, Auditor};
 pub use content::{Content, PromptMessage, PromptOutput, ResourceContents, ToolOutput};
 pub use context::{Outbound, RequestContext, Sink};
 pub use dispatch::{Dispatch, Engine, EngineOptions, ServerInfo};

@@ -414,6 +414,7 @@ impl App {
         };
         if uri.query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("access_token="))) {
             let m = "access tokens are accepted only in the Authorization header, never in the URL";
+            self.audit_refusal(uri, "401 invalid_request", m);
             return Err(unauthorized(Some(("invalid_request", m)), m.into()));
         }
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
@@ -432,11 +433,27 @@ impl App {
         };
         match auth.verifier.verify(token).await {
             Ok(p) => Ok(p),
-            Err(AuthFailure::Invalid(m)) => Err(unauthorized(Some(("invalid_token", &m)), m.clone())),
+            Err(AuthFailure::Invalid(m)) => {
+                self.audit_refusal(uri, "401 invalid_token", &m);
+                Err(unauthorized(Some(("invalid_token", &m)), m.clone()))
+            }
             Err(AuthFailure::Unavailable(m)) => {
                 tracing::warn!(reason = %m, "authentication unavailable");
+                self.audit_refusal(uri, "503 authentication unavailable", &m);
                 Err(Rejection::AuthUnavailable)
             }
+        }
+    }
+
+    /// Records a refused credential in the audit trail (queued; the refusal does not wait).
+    /// `why` is the verifier's message, which never contains the token.
+    fn audit_refusal(&self, uri: &http::Uri, outcome: &str, why: &str) {
+        if let Some(auditor) = self.engine.auditor() {
+            let mut e = portcullis_engine::AuditEvent::new("auth-failure", None, uri.path());
+            e.decision = "refused";
+            e.rule = Some(why.to_owned());
+            e.outcome = outcome.to_owned();
+            drop(auditor.record(e));
         }
     }
 

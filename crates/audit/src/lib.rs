@@ -1,0 +1,328 @@
+//! The tamper-evident audit trail.
+//!
+//! [`AuditLog`] implements the engine's `Auditor`. `record` redacts nothing on the caller's
+//! thread: it queues the event and returns. One writer thread takes everything queued (up to a
+//! batch limit), redacts arguments and hashes the originals, seals each event into the hash chain
+//! ([`chain`]), appends the batch to the store ([`store`]) in one durable write — group commit —
+//! and then wakes every caller of that batch. With `Durability::Durable` (the default) a call's
+//! result is released only after that; with `Durability::Async` at once.
+//!
+//! If the store fails, the batch's callers get an error (their results are withheld: fail
+//! closed) and the chain does not advance; the next batch retries from the same tail.
+
+pub mod chain;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_engine::{AuditEvent, AuditUnavailable, Auditor, BoxFuture};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+pub use chain::{Break, Record, Verifier};
+pub use store::{Filter, JsonlStore, PostgresStore, SqliteStore, Store, StoreError};
+
+/// When a call's result may be released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After its record is durable (group-committed and fsync'd).
+    Durable,
+    /// At once; the record follows within one batch.
+    Async,
+}
+
+/// Audit settings.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// When results are released.
+    pub durability: Durability,
+    /// Argument keys (patterns: `*` any run, `?` one character; case-insensitive) whose values
+    /// are replaced by `"[redacted]"`, at any depth.
+    pub redact: Vec<String>,
+    /// Most events queued; beyond it, calls are refused rather than audited late.
+    pub max_queue: usize,
+    /// Most events per durable write.
+    pub max_batch: usize,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Durable,
+            redact: ["*password*", "*secret*", "*token*", "authorization", "*api_key*", "*apikey*"]
+                .map(String::from)
+                .to_vec(),
+            max_queue: 100_000,
+            max_batch: 4096,
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    /// Events queued, not yet written.
+    pub queued: AtomicUsize,
+    /// Events written.
+    pub written: AtomicU64,
+    /// Durable writes (batches).
+    pub batches: AtomicU64,
+    /// Total time spent in durable writes, microseconds.
+    pub write_us: AtomicU64,
+    /// Writes that failed.
+    pub failures: AtomicU64,
+}
+
+struct Job {
+    event: AuditEvent,
+    done: Option<oneshot::Sender<Result<(), AuditUnavailable>>>,
+}
+
+/// The audit log: a queue and its writer thread.
+pub struct AuditLog {
+    tx: mpsc::UnboundedSender<Job>,
+    opts: AuditOptions,
+    stats: Arc<AuditStats>,
+    /// Where, for messages.
+    place: String,
+}
+
+impl AuditLog {
+    /// Starts the writer over `store`; `place` names it in logs.
+    pub fn start(mut store: Store, opts: AuditOptions, place: String) -> Result<Self, StoreError> {
+        let tail = store.tail()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(AuditStats::default());
+        let writer = Writer { store, rx, tail, opts: opts.clone(), stats: stats.clone() };
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::new(&place, e))?;
+        Ok(Self { tx, opts, stats, place })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<AuditStats> {
+        &self.stats
+    }
+
+    /// Where the log is.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    /// Resolves once everything queued before it is written (for shutdown and tests).
+    pub async fn flush(&self) -> Result<(), AuditUnavailable> {
+        let (done, rx) = oneshot::channel();
+        let mut marker = AuditEvent::new("flush", None, "");
+        marker.outcome = "flush".into();
+        if self.tx.send(Job { event: marker, done: Some(done) }).is_err() {
+            return Err(AuditUnavailable("the audit writer stopped".into()));
+        }
+        rx.await.unwrap_or_else(|_| Err(AuditUnavailable("the audit writer stopped".into())))
+    }
+}
+
+impl Auditor for AuditLog {
+    fn record(&self, event: AuditEvent) -> BoxFuture<'static, Result<(), AuditUnavailable>> {
+        if self.stats.queued.load(Ordering::Relaxed) >= self.opts.max_queue {
+            return Box::pin(std::future::ready(Err(AuditUnavailable("the audit queue is full".into()))));
+        }
+        let durable = self.opts.durability == Durability::Durable;
+        let (done, rx) = if durable {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Job { event, done }).is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Box::pin(std::future::ready(Err(AuditUnavailable("the audit writer stopped".into()))));
+        }
+        match rx {
+            None => Box::pin(std::future::ready(Ok(()))),
+            Some(rx) => Box::pin(async move {
+                rx.await.unwrap_or_else(|_| Err(AuditUnavailable("the audit writer stopped".into())))
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("place", &self.place).field("durability", &self.opts.durability).finish()
+    }
+}
+
+struct Writer {
+    store: Store,
+    rx: mpsc::UnboundedReceiver<Job>,
+    tail: (u64, String),
+    opts: AuditOptions,
+    stats: Arc<AuditStats>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut jobs: Vec<Job> = Vec::with_capacity(self.opts.max_batch);
+        while let Some(first) = self.rx.blocking_recv() {
+            jobs.push(first);
+            while jobs.len() < self.opts.max_batch {
+                match self.rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.write(&mut jobs);
+        }
+    }
+
+    fn write(&mut self, jobs: &mut Vec<Job>) {
+        let mut tail = self.tail.clone();
+        let mut records = Vec::with_capacity(jobs.len());
+        for job in jobs.iter() {
+            if job.event.kind == "flush" {
+                continue;
+            }
+            let record = chain::seal(&tail, stored_json(&job.event, &self.opts.redact));
+            tail = (record.seq, record.hash.clone());
+            records.push(record);
+        }
+        let started = Instant::now();
+        let mut result = if records.is_empty() { Ok(()) } else { self.store.append(&records) };
+        if let Err(e) = &result {
+            // One retry after a short pause (a busy database), then fail the batch.
+            tracing::error!(error = %e, "audit write failed; retrying once");
+            std::thread::sleep(Duration::from_millis(50));
+            result = self.store.append(&records);
+        }
+        let n = jobs.len();
+        self.stats.queued.fetch_sub(n, Ordering::Relaxed);
+        let outcome = match result {
+            Ok(()) => {
+                self.tail = tail;
+                self.stats.written.fetch_add(records.len() as u64, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.write_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = records.len(), "audit write failed: refusing the batch's results");
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                Err(AuditUnavailable(e.to_string()))
+            }
+        };
+        for job in jobs.drain(..) {
+            if let Some(done) = job.done {
+                let _ = done.send(outcome.clone());
+            }
+        }
+    }
+}
+
+/// The event as stored: its fields, then the redacted arguments and the SHA-256 of the original
+/// arguments (their canonical JSON: keys sorted).
+fn stored_json(event: &AuditEvent, redact: &[String]) -> String {
+    let mut v = serde_json::to_value(event).unwrap_or(Value::Null);
+    if let (Value::Object(map), Some(args)) = (&mut v, &event.arguments) {
+        let original = serde_json::to_string(args).unwrap_or_default();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, original.as_bytes());
+        map.insert("arguments".into(), redacted(args, redact));
+        map.insert("arguments_sha256".into(), Value::String(chain::hex(digest.as_ref())));
+    }
+    v.to_string()
+}
+
+/// `args` with the values of matching keys replaced, at any depth.
+pub fn redacted(args: &Value, patterns: &[String]) -> Value {
+    match args {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = k.to_ascii_lowercase();
+                    if patterns.iter().any(|p| portcullis_engine::policy::glob(&p.to_ascii_lowercase(), &key)) {
+                        (k.clone(), Value::String("[redacted]".into()))
+                    } else {
+                        (k.clone(), redacted(v, patterns))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| redacted(v, patterns)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Checks the whole chain of `store`, calling `progress(checked, total)` now and then.
+pub fn verify(store: &mut Store, progress: &mut dyn FnMut(u64, u64)) -> Result<Result<u64, Break>, StoreError> {
+    let total = store.count()?;
+    let mut v = Verifier::default();
+    let mut broken = None;
+    store.scan(&mut |r| {
+        if let Err(b) = v.check(&r) {
+            broken = Some(b);
+            return false;
+        }
+        if v.checked % 50_000 == 0 {
+            progress(v.checked, total);
+        }
+        true
+    })?;
+    progress(v.checked, total);
+    Ok(match broken {
+        Some(b) => Err(b),
+        None => Ok(v.checked),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn redaction_is_deep_and_case_insensitive() {
+        let args = json!({ "user": "a", "Password": "p", "nested": { "api_key": "k", "list": [{ "x_token": "t", "ok": 1 }] } });
+        let r = redacted(&args, &AuditOptions::default().redact);
+        assert_eq!(
+            r,
+            json!({ "user": "a", "Password": "[redacted]", "nested": { "api_key": "[redacted]", "list": [{ "x_token": "[redacted]", "ok": 1 }] } })
+        );
+        let mut e = AuditEvent::new("call", None, "tools/call");
+        e.arguments = Some(args);
+        let stored = stored_json(&e, &AuditOptions::default().redact);
+        assert!(!stored.contains("\"p\"") && stored.contains("arguments_sha256"), "{stored}");
+    }
+
+    #[tokio::test]
+    async fn group_commit_seals_a_verifiable_chain() {
+        let dir = std::env::temp_dir().join(format!("portcullis-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("audit.db");
+        let log =
+            AuditLog::start(Store::Sqlite(SqliteStore::open(&path).unwrap()), AuditOptions::default(), "t".into())
+                .unwrap();
+        let mut waits = Vec::new();
+        for i in 0..500 {
+            let mut e = AuditEvent::new("call", None, "tools/call");
+            e.target = Some(format!("tool-{i}"));
+            waits.push(log.record(e));
+        }
+        for w in waits {
+            w.await.unwrap();
+        }
+        assert!(log.stats().batches.load(Ordering::Relaxed) < 500, "events were grouped");
+        drop(log);
+        // A second writer continues the same chain.
+        let log =
+            AuditLog::start(Store::Sqlite(SqliteStore::open(&path).unwrap()), AuditOptions::default(), "t".into())
+                .unwrap();
+        log.record(AuditEvent::new("call", None, "tools/call")).await.unwrap();
+        let mut store = Store::Sqlite(SqliteStore::open(&path).unwrap());
+        assert_eq!(verify(&mut store, &mut |_, _| {}).unwrap(), Ok(501));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,380 @@
+//! Where sealed records go: SQLite (default, embedded), PostgreSQL, or JSON lines (a file, or
+//! stdout for log shippers). Each append is one batch made durable at once — one transaction or one
+//! `fdatasync` for the whole group — which is what keeps durable auditing fast.
+
+use std::io::{BufRead as _, Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use crate::chain::{GENESIS, Record};
+
+/// A store problem (the message never contains credentials).
+#[derive(Debug, thiserror::Error)]
+#[error("audit store {place}: {reason}")]
+pub struct StoreError {
+    place: String,
+    reason: String,
+}
+
+fn err(place: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError { place: place.to_owned(), reason: e.to_string() }
+}
+
+impl StoreError {
+    pub(crate) fn new(place: &str, e: impl std::fmt::Display) -> Self {
+        err(place, e)
+    }
+}
+
+/// Which events `query` returns.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this subject.
+    pub subject: Option<String>,
+    /// Only this target (tool, prompt or resource URI).
+    pub target: Option<String>,
+    /// Only events at or after this Unix time in milliseconds.
+    pub since_ms: Option<u64>,
+}
+
+impl Filter {
+    fn matches(&self, event: &str) -> bool {
+        if self.subject.is_none() && self.target.is_none() && self.since_ms.is_none() {
+            return true;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(event) else { return false };
+        self.subject.as_deref().is_none_or(|s| v["subject"].as_str() == Some(s))
+            && self.target.as_deref().is_none_or(|t| v["target"].as_str() == Some(t))
+            && self.since_ms.is_none_or(|t| v["time_ms"].as_u64().is_some_and(|m| m >= t))
+    }
+}
+
+/// An audit store.
+pub enum Store {
+    /// A SQLite database file.
+    Sqlite(SqliteStore),
+    /// A PostgreSQL table.
+    Postgres(Box<PostgresStore>),
+    /// JSON lines in a file, or on stdout.
+    Jsonl(JsonlStore),
+}
+
+impl Store {
+    /// The last record's (seq, hash), or (0, genesis) when empty.
+    pub fn tail(&mut self) -> Result<(u64, String), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.tail(),
+            Self::Postgres(s) => s.tail(),
+            Self::Jsonl(s) => s.tail(),
+        }
+    }
+
+    /// Appends `records` (consecutive, after the tail) and makes them durable together.
+    pub fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.append(records),
+            Self::Postgres(s) => s.append(records),
+            Self::Jsonl(s) => s.append(records),
+        }
+    }
+
+    /// Calls `f` with every record in sequence order (as stored: nothing is checked) until it
+    /// returns false.
+    pub fn scan(&mut self, f: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.scan(f),
+            Self::Postgres(s) => s.scan(f),
+            Self::Jsonl(s) => s.scan(f),
+        }
+    }
+
+    /// How many records there are (for progress).
+    pub fn count(&mut self) -> Result<u64, StoreError> {
+        match self {
+            Self::Sqlite(s) => {
+                s.db.query_row("SELECT count(*) FROM audit_log", [], |r| r.get::<_, i64>(0))
+                    .map(|n| n as u64)
+                    .map_err(|e| err(&s.place, e))
+            }
+            Self::Postgres(s) => s
+                .client
+                .query_one(&format!("SELECT count(*) FROM {}", s.table), &[])
+                .map(|r| r.get::<_, i64>(0) as u64)
+                .map_err(|e| err(&s.place, e)),
+            Self::Jsonl(s) => {
+                let mut n = 0;
+                s.scan(&mut |_| {
+                    n += 1;
+                    true
+                })?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Records matching `filter`, oldest first; at most `limit`, the newest ones when `newest`.
+    pub fn query(&mut self, filter: &Filter, limit: usize, newest: bool) -> Result<Vec<Record>, StoreError> {
+        let mut out = std::collections::VecDeque::new();
+        self.scan(&mut |r| {
+            if filter.matches(&r.event) {
+                out.push_back(r);
+                if out.len() > limit {
+                    if !newest {
+                        out.pop_back();
+                        return false;
+                    }
+                    out.pop_front();
+                }
+            }
+            true
+        })?;
+        Ok(out.into())
+    }
+}
+
+// === SQLite ===
+
+/// Records in a SQLite table `audit_log` (WAL, `synchronous = FULL`: a commit is on disk).
+pub struct SqliteStore {
+    db: rusqlite::Connection,
+    place: String,
+}
+
+impl SqliteStore {
+    /// Opens (creating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let place = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(&place, e))?;
+        }
+        let db = rusqlite::Connection::open(path).map_err(|e| err(&place, e))?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS audit_log (
+                 seq INTEGER PRIMARY KEY,
+                 prev_hash TEXT NOT NULL,
+                 hash TEXT NOT NULL,
+                 event TEXT NOT NULL
+             );",
+        )
+        .map_err(|e| err(&place, e))?;
+        Ok(Self { db, place })
+    }
+
+    fn tail(&mut self) -> Result<(u64, String), StoreError> {
+        let row = self.db.query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        });
+        match row {
+            Ok(t) => Ok(t),
+            Err(rusqlite::Error::QueryReturnedNoRows) => Ok((0, GENESIS.to_owned())),
+            Err(e) => Err(err(&self.place, e)),
+        }
+    }
+
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let place = self.place.clone();
+        let tx = self.db.transaction().map_err(|e| err(&place, e))?;
+        {
+            let mut stmt = tx
+                .prepare("INSERT INTO audit_log (seq, prev_hash, hash, event) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(|e| err(&place, e))?;
+            for r in records {
+                stmt.execute(rusqlite::params![r.seq as i64, r.prev_hash, r.hash, r.event])
+                    .map_err(|e| err(&place, e))?;
+            }
+        }
+        tx.commit().map_err(|e| err(&place, e))
+    }
+
+    fn scan(&mut self, f: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT seq, prev_hash, hash, event FROM audit_log ORDER BY seq")
+            .map_err(|e| err(&self.place, e))?;
+        let mut rows = stmt.query([]).map_err(|e| err(&self.place, e))?;
+        while let Some(row) = rows.next().map_err(|e| err(&self.place, e))? {
+            let r = Record {
+                seq: row.get::<_, i64>(0).map_err(|e| err(&self.place, e))? as u64,
+                prev_hash: row.get(1).map_err(|e| err(&self.place, e))?,
+                hash: row.get(2).map_err(|e| err(&self.place, e))?,
+                event: row.get(3).map_err(|e| err(&self.place, e))?,
+            };
+            if !f(r) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+// === PostgreSQL ===
+
+/// Records in a PostgreSQL table `audit_log`; a batch is one transaction.
+pub struct PostgresStore {
+    client: postgres::Client,
+    place: String,
+    table: String,
+}
+
+impl PostgresStore {
+    /// Connects with `url` (`postgres://user@host:port/db`), creating `table` if needed.
+    /// `place` names it in messages without credentials.
+    pub fn connect(url: &str, table: &str, place: &str) -> Result<Self, StoreError> {
+        if table.is_empty() || !table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(err(place, "the table name may hold only letters, digits and _"));
+        }
+        let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(|e| err(place, e))?;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {table} (
+                     seq BIGINT PRIMARY KEY,
+                     prev_hash TEXT NOT NULL,
+                     hash TEXT NOT NULL,
+                     event TEXT NOT NULL
+                 )"
+            ))
+            .map_err(|e| err(place, e))?;
+        Ok(Self { client, place: place.to_owned(), table: table.to_owned() })
+    }
+
+    fn tail(&mut self) -> Result<(u64, String), StoreError> {
+        let row = self
+            .client
+            .query_opt(&format!("SELECT seq, hash FROM {} ORDER BY seq DESC LIMIT 1", self.table), &[])
+            .map_err(|e| err(&self.place, e))?;
+        Ok(row.map_or_else(|| (0, GENESIS.to_owned()), |r| (r.get::<_, i64>(0) as u64, r.get(1))))
+    }
+
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let place = self.place.clone();
+        let mut tx = self.client.transaction().map_err(|e| err(&place, e))?;
+        let stmt = tx
+            .prepare(&format!("INSERT INTO {} (seq, prev_hash, hash, event) VALUES ($1, $2, $3, $4)", self.table))
+            .map_err(|e| err(&place, e))?;
+        for r in records {
+            tx.execute(&stmt, &[&(r.seq as i64), &r.prev_hash, &r.hash, &r.event]).map_err(|e| err(&place, e))?;
+        }
+        tx.commit().map_err(|e| err(&place, e))
+    }
+
+    fn scan(&mut self, f: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError> {
+        let place = self.place.clone();
+        let mut tx = self.client.transaction().map_err(|e| err(&place, e))?;
+        let portal = tx
+            .bind(&format!("SELECT seq, prev_hash, hash, event FROM {} ORDER BY seq", self.table), &[])
+            .map_err(|e| err(&place, e))?;
+        loop {
+            let rows = tx.query_portal(&portal, 10_000).map_err(|e| err(&place, e))?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                let r = Record {
+                    seq: row.get::<_, i64>(0) as u64,
+                    prev_hash: row.get(1),
+                    hash: row.get(2),
+                    event: row.get(3),
+                };
+                if !f(r) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// === JSON lines ===
+
+/// One JSON object per line: `{"seq":…,"prev_hash":…,"hash":…,"event":{…}}`. To a file (each batch
+/// `fdatasync`ed) or to stdout (flushed; as durable as whatever reads it).
+pub struct JsonlStore {
+    path: Option<PathBuf>,
+    place: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Line<'a> {
+    seq: u64,
+    prev_hash: String,
+    hash: String,
+    #[serde(borrow)]
+    event: &'a serde_json::value::RawValue,
+}
+
+impl JsonlStore {
+    /// JSON lines at `path`, or stdout for `-`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let place = path.display().to_string();
+        if path.as_os_str() == "-" {
+            return Ok(Self { path: None, place: "stdout".into() });
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(&place, e))?;
+        }
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| err(&place, e))?;
+        Ok(Self { path: Some(path.to_owned()), place })
+    }
+
+    fn tail(&mut self) -> Result<(u64, String), StoreError> {
+        let Some(path) = &self.path else { return Ok((0, GENESIS.to_owned())) };
+        // The last complete line: read the file's end (records are small).
+        let mut f = std::fs::File::open(path).map_err(|e| err(&self.place, e))?;
+        let len = f.metadata().map_err(|e| err(&self.place, e))?.len();
+        let start = len.saturating_sub(1 << 20);
+        f.seek(std::io::SeekFrom::Start(start)).map_err(|e| err(&self.place, e))?;
+        let mut buf = String::new();
+        f.read_to_string(&mut buf).map_err(|e| err(&self.place, e))?;
+        let last = buf.lines().rev().find(|l| !l.trim().is_empty());
+        match last {
+            None => Ok((0, GENESIS.to_owned())),
+            Some(line) => {
+                let l: Line<'_> = serde_json::from_str(line)
+                    .map_err(|e| err(&self.place, format!("the last line is not an audit record: {e}")))?;
+                Ok((l.seq, l.hash))
+            }
+        }
+    }
+
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let mut out = Vec::with_capacity(records.iter().map(|r| r.event.len() + 200).sum());
+        for r in records {
+            out.extend_from_slice(
+                format!(
+                    "{{\"seq\":{},\"prev_hash\":\"{}\",\"hash\":\"{}\",\"event\":{}}}\n",
+                    r.seq, r.prev_hash, r.hash, r.event
+                )
+                .as_bytes(),
+            );
+        }
+        match &self.path {
+            None => {
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(&out).and_then(|()| stdout.flush()).map_err(|e| err(&self.place, e))
+            }
+            Some(path) => {
+                let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| err(&self.place, e))?;
+                f.write_all(&out).map_err(|e| err(&self.place, e))?;
+                f.sync_data().map_err(|e| err(&self.place, e))
+            }
+        }
+    }
+
+    fn scan(&mut self, f: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError> {
+        let Some(path) = &self.path else { return Err(err(&self.place, "stdout cannot be read back")) };
+        let file = std::fs::File::open(path).map_err(|e| err(&self.place, e))?;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| err(&self.place, e))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let l: Line<'_> = serde_json::from_str(&line)
+                .map_err(|e| err(&self.place, format!("line {}: not an audit record: {e}", i + 1)))?;
+            if !f(Record { seq: l.seq, prev_hash: l.prev_hash, hash: l.hash, event: l.event.get().to_owned() }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

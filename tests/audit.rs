@@ -1,0 +1,251 @@
+//! The audit trail end to end: the seed S001 scenario (examples/team.toml) decided by policy and
+//! recorded with the deciding rule; tampering (edit, delete, swap) found by `portcullis audit
+//! verify` in SQLite and in the real PostgreSQL at 127.0.0.1:5432.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::dev::*;
+use portcullis::config::RawConfig;
+use portcullis_audit::{AuditLog, AuditOptions, Filter, PostgresStore, SqliteStore, Store};
+use portcullis_engine::{AuditEvent, Auditor};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+/// The test PostgreSQL (trust authentication, database `test`).
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn team(raw: &mut RawConfig) {
+    let t = RawConfig::parse(include_str!("../examples/team.toml"), "examples/team.toml").unwrap();
+    raw.policy = t.policy;
+    raw.demo = t.demo;
+    raw.auth.scopes_supported = t.auth.scopes_supported;
+}
+
+fn events(d: &Dev) -> Vec<Value> {
+    let mut store = Store::Sqlite(SqliteStore::open(&d.dir.join("audit.db")).unwrap());
+    store
+        .query(&Filter::default(), 10_000, false)
+        .unwrap()
+        .into_iter()
+        .map(|r| serde_json::from_str(&r.event).unwrap())
+        .collect()
+}
+
+fn find<'a>(events: &'a [Value], subject: &str, target: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["subject"] == subject && e["target"] == target)
+        .unwrap_or_else(|| panic!("no audit event for {subject} / {target} in {events:#?}"))
+}
+
+#[tokio::test]
+async fn the_seed_scenario_is_decided_and_every_step_is_audited_with_its_rule() {
+    let d = start_with(team).await;
+    let viewer = d.mint("vera", "mcp:tools jira.read db.read", &["viewer"]);
+    let tools = |v: Value| -> Vec<String> {
+        v["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let r = d.session_call(&viewer, "tools/list", json!({})).await;
+    assert_eq!(tools(r.json().await.unwrap()), ["get_jira_issue", "query_database"]);
+
+    // Allowed.
+    let r = d
+        .session_call(&viewer, "tools/call", json!({ "name": "get_jira_issue", "arguments": { "key": "OPS-42" } }))
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["structuredContent"]["key"], "OPS-42", "{v}");
+    // Hidden and refused as unknown.
+    let r = d
+        .session_call(
+            &viewer,
+            "tools/call",
+            json!({ "name": "trigger_pipeline", "arguments": { "pipeline": "deploy" } }),
+        )
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    // Arguments that fail the schema: a tool error the model can read, audited as such.
+    let r = d
+        .session_call(&viewer, "tools/call", json!({ "name": "get_jira_issue", "arguments": { "key": "not a key" } }))
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    // The cicd role without cicd.trigger: the 403 step-up challenge.
+    let ci = d.mint("ci", "mcp:tools jira.read", &["cicd"]);
+    let r = d
+        .session_call(&ci, "tools/call", json!({ "name": "trigger_pipeline", "arguments": { "pipeline": "deploy" } }))
+        .await;
+    assert_eq!(r.status(), 403);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("cicd.trigger"));
+    // With it, allowed; secrets in arguments are redacted, their hash kept.
+    let ci2 = d.mint("ci", "mcp:tools cicd.trigger", &["cicd"]);
+    let r = d
+        .session_call(
+            &ci2,
+            "tools/call",
+            json!({ "name": "trigger_pipeline", "arguments": { "pipeline": "deploy", "ref": "v1" } }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    // An authentication failure.
+    assert_eq!(d.mcp("garbage.token.here").await, 401);
+
+    d.audit.as_ref().unwrap().flush().await.unwrap();
+    let all = events(&d);
+    let e = find(&all, "vera", "get_jira_issue");
+    assert_eq!(
+        (e["decision"].as_str(), e["rule"].as_str(), e["outcome"].as_str()),
+        (Some("allow"), Some("role:viewer"), Some("ok"))
+    );
+    assert_eq!(e["arguments"], json!({ "key": "OPS-42" }));
+    assert_eq!(e["arguments_sha256"].as_str().unwrap().len(), 64);
+    let e = find(&all, "vera", "trigger_pipeline");
+    assert_eq!(
+        (e["kind"].as_str(), e["decision"].as_str(), e["rule"].as_str()),
+        (Some("denial"), Some("hide"), Some("default-deny"))
+    );
+    let bad = all.iter().find(|e| e["subject"] == "vera" && e["outcome"] == "tool-error").unwrap();
+    assert_eq!(bad["flags"], json!(["invalid-arguments"]));
+    let stepped = all.iter().find(|e| e["subject"] == "ci" && e["decision"] == "step-up").unwrap();
+    assert_eq!(stepped["rule"], "scope:trigger_pipeline");
+    let ok = all.iter().find(|e| e["subject"] == "ci" && e["decision"] == "allow").unwrap();
+    assert_eq!((ok["rule"].as_str(), ok["outcome"].as_str()), (Some("role:cicd"), Some("ok")));
+    assert!(ok["latency_us"].as_u64().is_some() && ok["result_bytes"].as_u64().unwrap() > 0);
+    assert!(all.iter().any(|e| e["kind"] == "auth-failure" && e["outcome"] == "401 invalid_token"));
+
+    // The whole trail verifies.
+    let cfg = d.dir.join("audit.toml");
+    std::fs::write(&cfg, format!("[audit]\npath = {:?}\n", d.dir.join("audit.db").display().to_string())).unwrap();
+    let out = Command::new(BIN).args(["audit", "verify", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(BIN)
+        .args(["audit", "query", "--subject", "ci", "--tool", "trigger_pipeline", "--since", "1h", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+}
+
+#[test]
+fn redacted_arguments_never_reach_the_store() {
+    let dir = scratch("redact");
+    let log = AuditLog::start(
+        Store::Sqlite(SqliteStore::open(&dir.join("a.db")).unwrap()),
+        AuditOptions::default(),
+        "t".into(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut e = AuditEvent::new("call", None, "tools/call");
+    e.arguments = Some(json!({ "user": "bob", "password": "hunter2", "config": { "apiKey": "k-123" } }));
+    rt.block_on(log.record(e)).unwrap();
+    let raw = std::fs::read(dir.join("a.db")).unwrap();
+    let wal = std::fs::read(dir.join("a.db-wal")).unwrap_or_default();
+    for secret in ["hunter2", "k-123"] {
+        assert!(!String::from_utf8_lossy(&raw).contains(secret) && !String::from_utf8_lossy(&wal).contains(secret));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-audit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `n` events through the real writer.
+fn fill(store: Store, n: usize) {
+    let log = AuditLog::start(store, AuditOptions::default(), "t".into()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        for i in 0..n {
+            let mut e = AuditEvent::new("call", None, "tools/call");
+            e.target = Some(format!("tool-{i}"));
+            e.outcome = "ok".into();
+            log.record(e).await.unwrap();
+        }
+    });
+}
+
+/// `portcullis audit verify` with `audit_toml`: (success, stdout).
+fn verify(dir: &std::path::Path, audit_toml: &str) -> (bool, String) {
+    let cfg = dir.join("verify.toml");
+    std::fs::write(&cfg, format!("[audit]\n{audit_toml}")).unwrap();
+    let out = Command::new(BIN).args(["audit", "verify", "--config"]).arg(&cfg).output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn tampering_in_sqlite_is_named_by_sequence_number() {
+    type Tamper = fn(&rusqlite::Connection);
+    let cases: [(&str, Tamper, &str); 3] = [
+        (
+            "edit",
+            |db| {
+                db.execute("UPDATE audit_log SET event = replace(event, 'tool-4', 'tool-X') WHERE seq = 5", [])
+                    .unwrap();
+            },
+            "BROKEN at seq 5",
+        ),
+        (
+            "delete",
+            |db| {
+                db.execute("DELETE FROM audit_log WHERE seq = 7", []).unwrap();
+            },
+            "BROKEN at seq 7",
+        ),
+        (
+            "swap",
+            |db| {
+                db.execute_batch("UPDATE audit_log SET seq = -1 WHERE seq = 3; UPDATE audit_log SET seq = 3 WHERE seq = 4; UPDATE audit_log SET seq = 4 WHERE seq = -1;").unwrap();
+            },
+            "BROKEN at seq 3",
+        ),
+    ];
+    for (name, tamper, expected) in cases {
+        let dir = scratch(&format!("sqlite-{name}"));
+        let path = dir.join("audit.db");
+        fill(Store::Sqlite(SqliteStore::open(&path).unwrap()), 10);
+        let toml = format!("path = {:?}\n", path.display().to_string());
+        let (ok, out) = verify(&dir, &toml);
+        assert!(ok && out.contains("ok: 10 records"), "{name}: {out}");
+        tamper(&rusqlite::Connection::open(&path).unwrap());
+        let (ok, out) = verify(&dir, &toml);
+        assert!(!ok && out.contains(expected), "{name}: {out}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn tampering_in_postgres_is_named_by_sequence_number() {
+    let mut admin = postgres::Client::connect(PG, postgres::NoTls)
+        .unwrap_or_else(|e| panic!("this test needs PostgreSQL on 127.0.0.1:5432 (trust auth, database test): {e}"));
+    for (name, tamper, expected) in [
+        ("edit", "UPDATE {t} SET event = replace(event, 'tool-4', 'tool-X') WHERE seq = 5", "BROKEN at seq 5"),
+        ("delete", "DELETE FROM {t} WHERE seq = 7", "BROKEN at seq 7"),
+        (
+            "swap",
+            "UPDATE {t} SET seq = -1 WHERE seq = 3; UPDATE {t} SET seq = 3 WHERE seq = 4; UPDATE {t} SET seq = 4 WHERE seq = -1",
+            "BROKEN at seq 3",
+        ),
+    ] {
+        let table = format!("audit_test_{name}_{}", std::process::id());
+        admin.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).unwrap();
+        fill(Store::Postgres(Box::new(PostgresStore::connect(PG, &table, "pg").unwrap())), 10);
+        let dir = scratch(&format!("pg-{name}"));
+        let toml = format!("sink = \"postgres\"\npostgres_url = {PG:?}\npostgres_table = {table:?}\n");
+        let (ok, out) = verify(&dir, &toml);
+        assert!(ok && out.contains("ok: 10 records"), "{name}: {out}");
+        admin.batch_execute(&tamper.replace("{t}", &table)).unwrap();
+        let (ok, out) = verify(&dir, &toml);
+        assert!(!ok && out.contains(expected), "{name}: {out}");
+        admin.batch_execute(&format!("DROP TABLE {table}")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
