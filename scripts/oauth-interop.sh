@@ -146,7 +146,7 @@ else
   fail=$((fail + 1)); results+=("FAIL idp/portcullis did not start")
 fi
 stop_portcullis
-"$PC_SCRIPTS/idp.sh" stop "$idp_port" 2>/dev/null; idp_port=""
+"$PC_SCRIPTS/idp.sh" stop "$idp_port" 2>/dev/null || true; idp_port=""
 
 # --- 2. the built-in dev authorization server (the embedded default) ---------------------------
 dev_port=$(free_port)
@@ -158,8 +158,9 @@ register() {
 }
 if start_portcullis "$tmp/builtin" "$dev_port"; then
   echo "oauth-interop: Portcullis $dev_base/mcp on its embedded default (built-in dev authorization server)"
-  read -r cc_id cc_secret < <(register cc '{"client_name":"oauth-interop cc","grant_types":["client_credentials"],"token_endpoint_auth_method":"client_secret_basic"}')
-  read -r pub_id _ < <(register public '{"client_name":"oauth-interop public","redirect_uris":["http://127.0.0.1:3000/callback"],"grant_types":["authorization_code","refresh_token"],"token_endpoint_auth_method":"none"}')
+  cc_id=""; cc_secret=""; pub_id=""
+  read -r cc_id cc_secret < <(register cc '{"client_name":"oauth-interop cc","grant_types":["client_credentials"],"token_endpoint_auth_method":"client_secret_basic"}') || true
+  read -r pub_id _ < <(register public '{"client_name":"oauth-interop public","redirect_uris":["http://127.0.0.1:3000/callback"],"grant_types":["authorization_code","refresh_token"],"token_endpoint_auth_method":"none"}') || true
   if [ -n "${cc_id:-}" ] && [ -n "${pub_id:-}" ]; then
     OAUTH_ISSUER=$dev_base OAUTH_CLIENT_ID=$cc_id OAUTH_CLIENT_SECRET=$cc_secret OAUTH_PUBLIC_CLIENT_ID=$pub_id \
       run_clients builtin "$dev_base/mcp"

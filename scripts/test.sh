@@ -102,7 +102,10 @@ else
 fi
 have flock || { need_harness=0; missing+=("flock (util-linux)"); }
 echo "test tool cache: ${PORTCULLIS_TEST_CACHE:-$HOME/.cache/portcullis-test}"
-declare -A svc_need=([Redis]="tests/auth.rs (revocations shared through Redis)")
+declare -A svc_need=(
+  [Redis]="tests/auth.rs (revocations shared through Redis)"
+  [PostgreSQL]="tests/audit.rs (audit trail in PostgreSQL)"
+)
 for svc in "PostgreSQL 5432" "MariaDB 3306" "Redis 6379"; do
   read -r svc_name svc_port <<<"$svc"
   if reachable 127.0.0.1 "$svc_port"; then echo "$svc_name: reachable on 127.0.0.1:$svc_port"
@@ -132,8 +135,9 @@ run_stage "(d) cargo test" "$need_rust" cargo test --workspace --profile "$profi
 built=0
 run_stage "(e) build" "$need_rust" cargo build --profile "$profile" --bin portcullis --example conformance_server && built=1
 
-portcullis=$target/$profile/portcullis
-conformance_server=$target/$profile/examples/conformance_server
+case $profile in dev|test) out_dir=debug ;; bench) out_dir=release ;; *) out_dir=$profile ;; esac
+portcullis=$target/$out_dir/portcullis
+conformance_server=$target/$out_dir/examples/conformance_server
 harness_ok=$(( built && need_harness ))
 if [ $built = 1 ] || [ "$need_rust" != 1 ]; then why_skip="prerequisites missing"; else why_skip="build failed"; fi
 

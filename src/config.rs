@@ -662,6 +662,27 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{key} must be greater than 0")));
             }
         }
+        // Scopes end up in WWW-Authenticate headers: RFC 6749 §3.3 scope-token characters only.
+        let scope_ok = |v: &str| {
+            !v.is_empty() && v.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+        };
+        let policy_scopes = [&raw.policy.tool_scopes, &raw.policy.resource_scopes, &raw.policy.prompt_scopes];
+        let all_scopes = raw
+            .auth
+            .scopes_supported
+            .iter()
+            .chain(std::iter::once(&raw.auth.admin_scope))
+            .chain(policy_scopes.iter().flat_map(|m| m.values().flatten()));
+        for scope in all_scopes {
+            if !scope_ok(scope) {
+                return Err(ConfigError::Invalid(format!(
+                    "scope {scope:?} is not a valid OAuth scope (visible ASCII without spaces, quotes or backslashes)"
+                )));
+            }
+        }
+        if raw.auth.dev_token_ttl > Duration::from_secs(7 * 24 * 3600) || raw.auth.dev_token_ttl.is_zero() {
+            return Err(ConfigError::Invalid("auth.dev_token_ttl must be between 1s and 7 days".into()));
+        }
         if raw.sessions.sse_keepalive.is_zero() {
             return Err(ConfigError::Invalid("sessions.sse_keepalive must be greater than 0".into()));
         }
@@ -674,6 +695,25 @@ impl Config {
                 .unwrap_or_else(|| if on_loopback { loopback.origins.clone() } else { Vec::new() }),
         };
         let dev_issuer = raw.auth.dev_issuer.clone().unwrap_or_else(|| format!("http://{}", s.listen));
+        if matches!(raw.auth.mode, AuthMode::Dev | AuthMode::Off) && s.listen.ip().is_loopback() {
+            // A loopback bind is not enough: a proxy or tunnel could still bring the internet in.
+            let mode = if raw.auth.mode == AuthMode::Dev { "dev" } else { "off" };
+            if origins.hosts.is_empty() || !origins.hosts.iter().all(|h| is_loopback_host(h)) {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.mode = \"{mode}\" accepts only loopback Host names in server.allowed_hosts (localhost, 127.0.0.1, [::1]); use mode = \"jwt\" to serve other names"
+                )));
+            }
+            let urls = [("auth.dev_issuer", Some(&dev_issuer)), ("auth.resource", raw.auth.resource.as_ref())];
+            for (key, url) in urls {
+                if let Some(url) = url
+                    && !url_host(url).is_some_and(is_loopback_host)
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "{key} must be a loopback URL with auth.mode = \"{mode}\", got {url:?}; use mode = \"jwt\" for anything else"
+                    )));
+                }
+            }
+        }
         let resolved = resolve_auth(raw.auth, s.listen, &format!("http://{}{}", s.listen, s.path), &dev_issuer)?;
         // Without authentication every caller is the same anonymous principal: nothing to tell apart.
         let policy =
@@ -729,6 +769,23 @@ impl RawConfig {
         self.server.listen = listen;
         self
     }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host of an `http(s)://host[:port]/…` URL.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if authority.starts_with('[') {
+        return authority.find(']').map(|i| &authority[..=i]);
+    }
+    Some(authority.rsplit_once(':').map_or(authority, |(h, _)| h))
 }
 
 /// What the `[auth]` section resolves to.
@@ -901,7 +958,8 @@ fn resolve_auth(
                 vec![jsonwebtoken::Algorithm::ES256],
                 Duration::from_secs(30),
                 IssuerKeys::Pem(vec![decoding]),
-                ClaimMapping::default(),
+                // `portcullis token --claims '{"tenant": "acme", "roles": ["viewer"]}'` sets both.
+                ClaimMapping { tenant: Some("tenant".into()), ..ClaimMapping::default() },
             )
             .map_err(|e| ConfigError::Invalid(format!("dev issuer: {e}")))?,
         );

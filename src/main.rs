@@ -338,8 +338,13 @@ fn api_key(name: &str) -> anyhow::Result<()> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut raw = load_raw(args.config.as_ref(), args.listen)?;
     if args.stdio {
-        // A pipe to one local process: nothing to authenticate, so no key or revocation files.
-        raw.auth.mode = portcullis::config::AuthMode::Off;
+        // A pipe to one local process: nothing to authenticate (no key or revocation files), and
+        // no listener, so the HTTP-only checks (loopback for dev/off modes) do not apply.
+        raw.auth = portcullis::config::AuthSection {
+            mode: portcullis::config::AuthMode::Off,
+            ..portcullis::config::AuthSection::default()
+        };
+        raw.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     }
     let mut config = Config::resolve(raw)?;
     if let Some(format) = args.log_format {

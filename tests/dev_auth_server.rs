@@ -354,3 +354,54 @@ async fn policy_hides_what_a_role_may_not_use_and_asks_for_missing_scopes() {
     let v: Value = r.json().await.unwrap();
     assert!(v["result"].is_object(), "{v}");
 }
+
+#[tokio::test]
+async fn tenant_resources_cannot_be_reached_by_another_spelling_of_their_uri() {
+    let d = start_with(|raw| {
+        raw.policy.roles = vec![portcullis::config::PolicyTargets {
+            name: "*".into(),
+            tools: vec!["*".into()],
+            resources: vec!["portcullis://demo/*".into()],
+            prompts: vec![],
+        }];
+        // Lines 1, 10-19, 100-199… of the sample log belong to tenant acme.
+        raw.policy.tenants = vec![portcullis::config::PolicyTargets {
+            name: "acme".into(),
+            tools: vec![],
+            resources: vec!["portcullis://demo/sample.log/lines/1*".into()],
+            prompts: vec![],
+        }];
+    })
+    .await;
+    let globex = d.mint("gil", "mcp:tools", &[]);
+    let read = |token: String, uri: &'static str| {
+        let d = &d;
+        async move {
+            let r = d.session_call(&token, "resources/read", json!({ "uri": uri })).await;
+            let v: Value = r.json().await.unwrap();
+            v["error"]["code"].as_i64().unwrap_or(0)
+        }
+    };
+    assert_eq!(read(globex.clone(), "portcullis://demo/sample.log/lines/2").await, 0, "shared lines are readable");
+    assert_eq!(read(globex.clone(), "portcullis://demo/sample.log/lines/1").await, -32002, "acme's line is hidden");
+    // Percent-encoded "1": the template would decode it to acme's line 1.
+    assert_eq!(read(globex.clone(), "portcullis://demo/sample.log/lines/%31").await, -32002);
+    assert_eq!(
+        read(globex.clone(), "portcullis://demo/sample.log/lines/%2F1").await,
+        -32002,
+        "no %2F in a simple variable"
+    );
+    let r = d
+        .session_call(&globex, "resources/subscribe", json!({ "uri": "portcullis://demo/sample.log/lines/%31" }))
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32002, "{v}");
+    // The tenant itself reads it (the dev issuer maps the `tenant` claim).
+    let key = portcullis_auth::DevKey::load_or_create(&d.dir.join("key.p8")).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let acme = key
+        .sign(&json!({ "iss": d.base, "sub": "ann", "aud": d.resource(), "exp": now + 60, "scope": "mcp:tools", "tenant": "acme" }))
+        .unwrap();
+    assert_eq!(read(acme.clone(), "portcullis://demo/sample.log/lines/1").await, 0);
+    assert_eq!(read(acme, "portcullis://demo/sample.log/lines/%31").await, 0);
+}

@@ -62,3 +62,33 @@ fn a_bad_config_file_names_the_key_and_line() {
     assert!(String::from_utf8(out.stderr).unwrap().contains("cannot read config file"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn stdio_accepts_a_production_http_config() {
+    // A public listener with real authentication: HTTP-only settings, irrelevant to a pipe.
+    let dir = std::env::temp_dir().join(format!("portcullis-stdio-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prod.toml");
+    let hash = "0".repeat(64);
+    std::fs::write(
+        &file,
+        format!("[server]\nlisten = \"0.0.0.0:8443\"\n[auth]\nmode = \"jwt\"\nresource = \"https://mcp.example.com/mcp\"\n[[auth.api_keys]]\nname = \"ci\"\nsha256 = \"{hash}\"\n[audit]\nsink = \"off\"\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--stdio", "--config"])
+        .arg(&file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"t","version":"0"}}}}}}"#).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(first["result"]["protocolVersion"], "2025-11-25");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

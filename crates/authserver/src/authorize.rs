@@ -30,8 +30,9 @@ async fn authorize_inner(s: &Shared, query: &str) -> Result<Response, AuthorizeE
         .map_err(|e| AuthorizeError::Shown(format!("client {client_id:?}: {}", e.description())))?;
     let given_redirect = params.get("redirect_uri");
     let redirect_uri = match given_redirect {
-        // Exact string match (OAuth 2.1 §2.3.1): no prefix or pattern matching.
-        Some(r) if client.redirect_uris.iter().any(|u| u == r) => r.clone(),
+        // Exact match (OAuth 2.1 §2.3.1): no prefix or pattern matching; only the port of a
+        // loopback IP redirect URI may differ (RFC 8252 §7.3, native apps on ephemeral ports).
+        Some(r) if client.redirect_uris.iter().any(|u| redirect_matches(u, r)) => r.clone(),
         Some(_) => {
             return Err(AuthorizeError::Shown("redirect_uri is not registered for this client (exact match)".into()));
         }
@@ -102,4 +103,43 @@ async fn authorize_inner(s: &Shared, query: &str) -> Result<Response, AuthorizeE
         q.append_pair("iss", &s.opts.issuer);
     }
     Ok(redirect(location.as_str()))
+}
+
+/// `given` is `registered`, or the same loopback IP redirect URI on another port.
+fn redirect_matches(registered: &str, given: &str) -> bool {
+    if registered == given {
+        return true;
+    }
+    let (Ok(r), Ok(g)) = (url::Url::parse(registered), url::Url::parse(given)) else { return false };
+    let loopback_ip = |u: &url::Url| {
+        u.scheme() == "http"
+            && match u.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                _ => false,
+            }
+    };
+    loopback_ip(&r)
+        && loopback_ip(&g)
+        && r.host() == g.host()
+        && r.path() == g.path()
+        && r.query() == g.query()
+        && r.username() == g.username()
+        && g.password().is_none()
+        && g.fragment().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_ports_may_differ_nothing_else_may() {
+        assert!(redirect_matches("http://127.0.0.1/callback", "http://127.0.0.1:53211/callback"));
+        assert!(redirect_matches("http://[::1]:3000/cb", "http://[::1]:4000/cb"));
+        assert!(!redirect_matches("http://127.0.0.1/callback", "http://127.0.0.1:5/other"));
+        assert!(!redirect_matches("http://localhost/cb", "http://localhost:5/cb"), "names are not IP literals");
+        assert!(!redirect_matches("https://app.example.com/cb", "https://app.example.com:8443/cb"));
+        assert!(!redirect_matches("http://127.0.0.1/cb", "http://127.0.0.2/cb"));
+    }
 }

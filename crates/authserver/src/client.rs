@@ -70,14 +70,14 @@ pub(crate) struct Client {
     fetched: Option<Instant>,
 }
 
-/// The registered clients, bounded.
+/// A bounded table of clients; the oldest entry is dropped first.
 #[derive(Debug, Default)]
-pub(crate) struct Clients {
+pub(crate) struct Table {
     by_id: HashMap<String, Arc<Client>>,
     order: VecDeque<String>,
 }
 
-impl Clients {
+impl Table {
     fn insert(&mut self, client: Client, max: usize) -> Arc<Client> {
         while self.by_id.len() >= max.max(1) {
             let Some(old) = self.order.pop_front() else { break };
@@ -89,6 +89,14 @@ impl Clients {
         }
         client
     }
+}
+
+/// Registered clients, and fetched metadata documents in a table of their own, so a flood of
+/// metadata URLs can never push out a registration.
+#[derive(Debug, Default)]
+pub(crate) struct Clients {
+    registered: Table,
+    documents: Table,
 }
 
 /// Which credentials a token or revocation request carried.
@@ -141,14 +149,19 @@ fn form_decode(s: &str) -> String {
 impl Shared {
     /// The client `id`: registered, or fetched from its metadata document URL.
     pub(crate) async fn client(&self, id: &str) -> Result<Arc<Client>, OAuthError> {
-        let cached = self.clients().by_id.get(id).cloned();
+        if let Some(c) = self.clients().registered.by_id.get(id).cloned() {
+            return Ok(c);
+        }
+        if !is_metadata_url(id) {
+            return Err(OAuthError::client("unknown client", false));
+        }
+        let cached = self.clients().documents.by_id.get(id).cloned();
         match cached {
-            Some(c) if c.fetched.is_none_or(|at| at.elapsed() < CIMD_TTL) => Ok(c),
-            _ if is_metadata_url(id) => {
+            Some(c) if c.fetched.is_some_and(|at| at.elapsed() < CIMD_TTL) => Ok(c),
+            _ => {
                 let client = self.fetch_metadata(id).await?;
-                Ok(self.clients().insert(client, self.opts.max_clients))
+                Ok(self.clients().documents.insert(client, self.opts.max_clients))
             }
-            _ => Err(OAuthError::client("unknown client", false)),
         }
     }
 
@@ -195,7 +208,9 @@ impl Shared {
         if doc.get("client_secret").is_some() || doc.get("client_secret_expires_at").is_some() {
             return Err(bad("must not contain a client secret".into()));
         }
-        let mut client = self.client_from_metadata(url.to_owned(), &doc).map_err(|e| bad(e.description().into()))?;
+        // A metadata document client has no secret: `none` unless it says otherwise.
+        let mut client =
+            self.client_from_metadata(url.to_owned(), &doc, "none").map_err(|e| bad(e.description().into()))?;
         if client.secret_hash.is_some() || client.auth_method != "none" {
             return Err(bad("token_endpoint_auth_method must be \"none\" here".into()));
         }
@@ -205,7 +220,7 @@ impl Shared {
 
     /// Validates registration metadata (RFC 7591 §2) into a client; confidential clients get a
     /// secret hash later.
-    fn client_from_metadata(&self, id: String, doc: &Value) -> Result<Client, OAuthError> {
+    fn client_from_metadata(&self, id: String, doc: &Value, default_auth: &'static str) -> Result<Client, OAuthError> {
         let meta = |m: String| OAuthError::new("invalid_client_metadata", m);
         let strings = |key: &str| -> Result<Option<Vec<String>>, OAuthError> {
             match doc.get(key) {
@@ -219,7 +234,7 @@ impl Shared {
             }
         };
         let auth_method = match doc.get("token_endpoint_auth_method").and_then(Value::as_str) {
-            None => "client_secret_basic",
+            None => default_auth,
             Some("none") => "none",
             Some("client_secret_basic") => "client_secret_basic",
             Some("client_secret_post") => "client_secret_post",
@@ -321,7 +336,8 @@ fn register_inner(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Respon
     if !doc.is_object() {
         return Err(OAuthError::new("invalid_client_metadata", "body must be a JSON object"));
     }
-    let mut client = s.client_from_metadata(format!("dcr_{}", random_token(16)?), &doc)?;
+    // RFC 7591 §2: the default method is client_secret_basic.
+    let mut client = s.client_from_metadata(format!("dcr_{}", random_token(16)?), &doc, "client_secret_basic")?;
     let secret = if client.auth_method == "none" { None } else { Some(random_token(32)?) };
     client.secret_hash = secret.as_deref().map(|s| sha256(s.as_bytes()));
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -344,7 +360,7 @@ fn register_inner(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Respon
         out["client_name"] = json!(name);
     }
     tracing::info!(client_id = %client.id, name = ?client.name, "dev authorization server: client registered");
-    s.clients().insert(client, s.opts.max_clients);
+    s.clients().registered.insert(client, s.opts.max_clients);
     let mut res = (StatusCode::CREATED, axum::Json(out)).into_response();
     no_store(&mut res);
     Ok(res)

@@ -94,10 +94,17 @@ impl Grants {
         true
     }
 
-    fn new_family(&mut self) -> u64 {
+    /// A new refresh family; `None` when too many are live.
+    fn new_family(&mut self, now: Instant) -> Option<u64> {
+        if self.families.len() >= MAX_REFRESH {
+            self.purge(now);
+            if self.families.len() >= MAX_REFRESH {
+                return None;
+            }
+        }
         self.next_family += 1;
         self.families.insert(self.next_family, Family::default());
-        self.next_family
+        Some(self.next_family)
     }
 
     /// Ends a family: its live refresh token is dropped; returns its access tokens' ids.
@@ -127,6 +134,9 @@ struct Issue {
     family: Option<u64>,
     /// A (new) refresh token goes with the access token.
     refresh: bool,
+    /// The scopes the refresh token keeps: the original grant's, even when this access token was
+    /// narrowed (RFC 6749 §6).
+    granted: Vec<String>,
 }
 
 pub(crate) async fn token(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -174,7 +184,10 @@ async fn token_inner(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Val
             let scopes = s
                 .grant_scopes(params.get("scope").map(String::as_str), client.scope.as_deref())
                 .ok_or_else(|| OAuthError::new("invalid_scope", "none of the requested scopes is available"))?;
-            (Ok(Issue { subject: client.id.clone(), scopes, family: None, refresh: false }), Vec::new())
+            (
+                Ok(Issue { subject: client.id.clone(), granted: scopes.clone(), scopes, family: None, refresh: false }),
+                Vec::new(),
+            )
         }
     };
     revoke_ids(s, spent).await;
@@ -212,6 +225,9 @@ fn redeem_code(
     let hash = sha256(code.as_bytes());
     let now = Instant::now();
     let mut g = s.grants();
+    if g.spent_codes.len() >= MAX_CODES {
+        g.purge(now);
+    }
     if let Some(&(family, _)) = g.spent_codes.get(&hash) {
         let revoked = g.revoke_family(family);
         return (Err(OAuthError::grant("authorization code already used; what it issued is now revoked")), revoked);
@@ -252,14 +268,22 @@ fn redeem_code(
         return (Err(e), Vec::new());
     }
     let with_refresh = client.grants.contains(&Grant::RefreshToken);
-    let family = g.new_family();
+    let Some(family) = g.new_family(now) else {
+        return (Err(OAuthError::new("temporarily_unavailable", "too many live grants; retry later")), Vec::new());
+    };
     g.spent_codes.insert(hash, (family, now + SPENT_CODE_MEMORY));
     if let Some(f) = g.families.get_mut(&family) {
         // Kept at least as long as the spent code, so a replay can still revoke its token.
         f.expires = Some(now + SPENT_CODE_MEMORY);
     }
     (
-        Ok(Issue { subject: pending.subject, scopes: pending.scopes, family: Some(family), refresh: with_refresh }),
+        Ok(Issue {
+            subject: pending.subject,
+            granted: pending.scopes.clone(),
+            scopes: pending.scopes,
+            family: Some(family),
+            refresh: with_refresh,
+        }),
         Vec::new(),
     )
 }
@@ -289,7 +313,16 @@ fn refresh(s: &Shared, client: &Client, params: &HashMap<String, String>) -> (Re
         return (Err(OAuthError::new("invalid_scope", "a refresh can only narrow the granted scopes")), Vec::new());
     };
     g.spent_refresh.insert(hash, (current.family, current.expires));
-    (Ok(Issue { subject: current.subject, scopes, family: Some(current.family), refresh: true }), Vec::new())
+    (
+        Ok(Issue {
+            subject: current.subject,
+            scopes,
+            granted: current.scopes,
+            family: Some(current.family),
+            refresh: true,
+        }),
+        Vec::new(),
+    )
 }
 
 /// Signs the access token, stores the next refresh token, and builds the response (RFC 6749 §5.1).
@@ -333,7 +366,7 @@ fn respond(s: &Shared, client: &Client, issue: Issue) -> Result<(Value, Option<S
                 let stored = Refresh {
                     client_id: client.id.clone(),
                     subject: issue.subject,
-                    scopes: issue.scopes,
+                    scopes: issue.granted,
                     family,
                     expires,
                 };

@@ -244,8 +244,11 @@ impl Engine {
             }),
             "resources/subscribe" => parse::<UriParams>(req.params).and_then(|p| {
                 let catalog = self.registry.snapshot();
-                let exists = catalog.resource(&p.uri).is_some() || catalog.match_template(&p.uri).is_some();
-                if !exists || !visible(Kind::Resource, &p.uri) {
+                let template = catalog.match_template(&p.uri).map(|(t, _)| t.template.as_str());
+                let exists = catalog.resource(&p.uri).is_some() || template.is_some();
+                // Updates are content: subscribing needs what reading needs (allowed, not step-up).
+                let allowed = matches!(self.decide_resource(principal, &p.uri, template), Decision::Allow { .. });
+                if !exists || !allowed {
                     return Err(RpcError::new(code::RESOURCE_NOT_FOUND, format!("resource not found: {}", p.uri))
                         .with_data(json!({ "uri": p.uri })));
                 }
@@ -381,16 +384,7 @@ impl Engine {
     /// The policy's answer for a target that exists: `None` to go on (with the rule recorded in
     /// `event`), or the dispatch that ends the request (`hidden` is the error a missing target
     /// gets, so a hidden one looks the same). Denials are audited.
-    fn gate(
-        &self,
-        principal: &Principal,
-        kind: Kind,
-        target: &str,
-        id: &RequestId,
-        hidden: RpcError,
-        event: &mut AuditEvent,
-    ) -> Option<Dispatch> {
-        let decision = self.policy.decide(principal, kind, target);
+    fn gate(&self, decision: Decision, id: &RequestId, hidden: RpcError, event: &mut AuditEvent) -> Option<Dispatch> {
         event.rule = Some(decision.rule().to_owned());
         match decision {
             Decision::Allow { .. } => None,
@@ -414,6 +408,21 @@ impl Engine {
                 Some(Dispatch::StepUp { scopes, error: write_error(Some(id), &e) })
             }
         }
+    }
+
+    /// The decision for reading (or subscribing to) `uri`, served by `template` if not static:
+    /// the strictest of the decisions on the URI as sent, on its percent-decoded form (what a
+    /// template hands its reader) and on the template itself (what `resources/templates/list`
+    /// shows), so no spelling of a URI reaches more than the listing suggests.
+    fn decide_resource(&self, principal: &Principal, uri: &str, template: Option<&str>) -> Decision {
+        let mut d = self.policy.decide(principal, Kind::Resource, uri);
+        if let Some(decoded) = crate::template::percent_decode(uri).filter(|d| d != uri) {
+            d = d.strictest(self.policy.decide(principal, Kind::Resource, &decoded));
+        }
+        if let Some(t) = template {
+            d = d.strictest(self.policy.decide(principal, Kind::Resource, t));
+        }
+        d
     }
 
     /// The event every audited method starts from.
@@ -466,7 +475,8 @@ impl Engine {
         let Some(tool) = catalog.tool(&p.name) else {
             return self.finish(event, write_error(Some(id), &unknown()));
         };
-        if let Some(stop) = self.gate(principal, Kind::Tool, &p.name, id, unknown(), &mut event) {
+        let decision = self.policy.decide(principal, Kind::Tool, &p.name);
+        if let Some(stop) = self.gate(decision, id, unknown(), &mut event) {
             return stop;
         }
         let args = match p.arguments {
@@ -522,14 +532,15 @@ impl Engine {
             RpcError::new(code::RESOURCE_NOT_FOUND, format!("resource not found: {}", p.uri))
                 .with_data(json!({ "uri": p.uri }))
         };
-        let (reader, vars) = if let Some(r) = catalog.resource(&p.uri) {
-            (r.reader.clone(), HashMap::new())
+        let (reader, vars, template) = if let Some(r) = catalog.resource(&p.uri) {
+            (r.reader.clone(), HashMap::new(), None)
         } else if let Some((t, vars)) = catalog.match_template(&p.uri) {
-            (t.reader.clone(), vars)
+            (t.reader.clone(), vars, Some(t.template.as_str()))
         } else {
             return self.finish(event, write_error(Some(id), &not_found()));
         };
-        if let Some(stop) = self.gate(principal, Kind::Resource, &p.uri, id, not_found(), &mut event) {
+        let decision = self.decide_resource(principal, &p.uri, template);
+        if let Some(stop) = self.gate(decision, id, not_found(), &mut event) {
             return stop;
         }
         let ctx = self.context(session, id, p.meta, sink);
@@ -557,7 +568,8 @@ impl Engine {
         let Some(prompt) = catalog.prompt(&p.name) else {
             return self.finish(event, write_error(Some(id), &unknown()));
         };
-        if let Some(stop) = self.gate(principal, Kind::Prompt, &p.name, id, unknown(), &mut event) {
+        let decision = self.policy.decide(principal, Kind::Prompt, &p.name);
+        if let Some(stop) = self.gate(decision, id, unknown(), &mut event) {
             return stop;
         }
         let args = p.arguments.unwrap_or_default();

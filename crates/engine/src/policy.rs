@@ -54,6 +54,16 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// The stricter of two decisions: hidden beats step-up beats allowed.
+    pub fn strictest(self, other: Decision) -> Decision {
+        let rank = |d: &Decision| match d {
+            Decision::Hide { .. } => 2,
+            Decision::StepUp { .. } => 1,
+            Decision::Allow { .. } => 0,
+        };
+        if rank(&other) > rank(&self) { other } else { self }
+    }
+
     /// Shown in lists.
     pub fn visible(&self) -> bool {
         !matches!(self, Self::Hide { .. })
@@ -220,12 +230,13 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // `*` in the pattern first: a `*` in the text is an ordinary character.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((sp, st)) = star {
             pi = sp + 1;
             ti = st + 1;
@@ -352,7 +363,9 @@ mod tests {
         ] {
             assert!(glob(p, t), "{p} ~ {t}");
         }
-        for (p, t) in [("get_*", "set_x"), ("a?c", "ac"), ("abc", "abcd"), ("a*b*c", "aXbY"), ("", "x")] {
+        // A `*` or `?` in the text is just a character.
+        assert!(glob("*b", "*ab") && glob("files://*/acme/*", "files://*/x/acme/y") && glob("a?", "a*"));
+        for (p, t) in [("get_*", "set_x"), ("a?c", "ac"), ("abc", "abcd"), ("a*b*c", "aXbY"), ("", "x"), ("a*", "b*")] {
             assert!(!glob(p, t), "{p} !~ {t}");
         }
     }

@@ -93,10 +93,12 @@ impl UriTemplate {
                         _ => rest.len(),
                     };
                     let raw = &rest[..end];
-                    if raw.is_empty() || (!reserved && raw.contains(['/', '?', '#'])) {
+                    let value = percent_decode(raw)?;
+                    // Checked after decoding too: `%2F` must not smuggle a `/` into a simple variable.
+                    if raw.is_empty() || (!reserved && value.contains(['/', '?', '#'])) {
                         return None;
                     }
-                    vars.insert(name.clone(), percent_decode(raw)?);
+                    vars.insert(name.clone(), value);
                     rest = &rest[end..];
                 }
             }
@@ -106,7 +108,8 @@ impl UriTemplate {
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8 result.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
         return Some(s.to_owned());
     }

@@ -469,6 +469,10 @@ impl App {
         let (tx, rx) = mpsc::channel(64);
         let fut = match self.engine.request(hs.session(), principal, req, Sink::Stream(tx)) {
             Dispatch::Ready(bytes) => return Ok(wire::single(bytes, accept)),
+            // An API key cannot be re-authorized with more scopes: no challenge, just the error.
+            Dispatch::StepUp { error, .. } if principal.method == portcullis_engine::AuthMethod::ApiKey => {
+                return Ok(wire::single(error, accept));
+            }
             Dispatch::StepUp { scopes, error } => {
                 // Nothing has been sent yet: the HTTP-level step-up challenge.
                 let challenge = match &self.opts.auth {
