@@ -103,7 +103,7 @@ fi
 have flock || { need_harness=0; missing+=("flock (util-linux)"); }
 echo "test tool cache: ${PORTCULLIS_TEST_CACHE:-$HOME/.cache/portcullis-test}"
 declare -A svc_need=(
-  [Redis]="tests/auth.rs (revocations shared through Redis)"
+  [Redis]="tests/auth.rs and tests/ratelimit_redis.rs (revocations and rate limits shared through Redis)"
   [PostgreSQL]="tests/audit.rs (audit trail in PostgreSQL)"
 )
 for svc in "PostgreSQL 5432" "MariaDB 3306" "Redis 6379"; do

@@ -37,6 +37,142 @@ pub struct RawConfig {
     /// The audit trail.
     #[serde(default)]
     pub audit: AuditSection,
+    /// Rate limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`: GCRA rate limits on tools, resources and prompts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Redis for rules with `backend = "redis"`: the URL without a password.
+    pub redis: Option<String>,
+    /// Or an environment variable holding the whole URL.
+    pub redis_env: Option<String>,
+    /// Prefix of the Redis keys (default `portcullis:rl:`).
+    pub redis_key_prefix: String,
+    /// `[[limits.rules]]`.
+    pub rules: Vec<LimitRuleSection>,
+}
+
+/// `[[limits.rules]]`: targets and the limits that apply to them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRuleSection {
+    /// The rule's name.
+    pub name: String,
+    /// Tool name patterns.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Resource URI patterns.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Prompt name patterns.
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    /// `local` (default) or `redis`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Redis rules when Redis cannot answer: `deny` (default, fail closed) or `allow`.
+    #[serde(default = "default_on_error")]
+    pub on_error: String,
+    /// The limits: `{ per = ["subject"], max = 10, window = "1m" }`; all must allow.
+    pub limits: Vec<LimitSection>,
+}
+
+/// One limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSection {
+    /// Counted separately per: any of `tenant`, `subject`, `client`, `tool`; empty: one counter.
+    #[serde(default)]
+    pub per: Vec<String>,
+    /// Calls per window (and the burst).
+    pub max: u32,
+    /// The window, e.g. `1m`.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+}
+
+fn default_backend() -> String {
+    "local".into()
+}
+fn default_on_error() -> String {
+    "deny".into()
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self { redis: None, redis_env: None, redis_key_prefix: "portcullis:rl:".into(), rules: Vec::new() }
+    }
+}
+
+impl LimitsSection {
+    /// The limiter (`None` without rules).
+    pub fn build(&self) -> Result<Option<Arc<portcullis_limits::Limiter>>, ConfigError> {
+        use portcullis_limits::{Backend, KeyPart, Limit, Limiter, OnError, Rule};
+        if self.rules.is_empty() {
+            return Ok(None);
+        }
+        let mut rules = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let at = format!("limits.rules[{i}] ({})", r.name);
+            let backend = match r.backend.as_str() {
+                "local" => Backend::Local,
+                "redis" => Backend::Redis,
+                other => {
+                    return Err(ConfigError::Invalid(format!("{at}: backend {other:?}: use \"local\" or \"redis\"")));
+                }
+            };
+            let on_error = match r.on_error.as_str() {
+                "deny" => OnError::Deny,
+                "allow" => OnError::Allow,
+                other => {
+                    return Err(ConfigError::Invalid(format!("{at}: on_error {other:?}: use \"deny\" or \"allow\"")));
+                }
+            };
+            let mut limits = Vec::new();
+            for l in &r.limits {
+                let per = l
+                    .per
+                    .iter()
+                    .map(|p| match p.as_str() {
+                        "tenant" => Ok(KeyPart::Tenant),
+                        "subject" => Ok(KeyPart::Subject),
+                        "client" => Ok(KeyPart::Client),
+                        "tool" => Ok(KeyPart::Tool),
+                        other => Err(ConfigError::Invalid(format!(
+                            "{at}: per {other:?}: use tenant, subject, client or tool"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                limits.push(Limit { per, max: l.max, window: l.window });
+            }
+            rules.push(Rule {
+                name: r.name.clone(),
+                tools: r.tools.clone(),
+                resources: r.resources.clone(),
+                prompts: r.prompts.clone(),
+                limits,
+                backend,
+                on_error,
+            });
+        }
+        let url = match (&self.redis, &self.redis_env) {
+            (None, None) => None,
+            (Some(u), None) => Some(u.clone()),
+            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                ConfigError::Invalid(format!("limits.redis_env: environment variable {var} is not set"))
+            })?),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid("set one of limits.redis and limits.redis_env, not both".into()));
+            }
+        };
+        let limiter = Limiter::new(rules, url.as_deref().map(|u| (u, self.redis_key_prefix.as_str())))
+            .map_err(|e| ConfigError::Invalid(format!("limits: {e}")))?;
+        Ok(Some(Arc::new(limiter)))
+    }
 }
 
 /// `[audit]`: where the hash-chained audit trail goes and when results wait for it.
@@ -545,6 +681,8 @@ pub struct Config {
     pub policy: portcullis_engine::Policy,
     /// The audit trail settings (started by the server, not by resolving).
     pub audit: AuditSection,
+    /// Rate limits (`None` without rules).
+    pub limiter: Option<Arc<portcullis_limits::Limiter>>,
 }
 
 /// A configuration problem, with where it is.
@@ -743,6 +881,7 @@ impl Config {
             demo_team: raw.demo.team,
             policy,
             audit: raw.audit,
+            limiter: raw.limits.build()?,
             revocations: resolved.revocations,
         })
     }

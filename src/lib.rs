@@ -40,6 +40,10 @@ pub fn engine_with(
         EngineOptions { page_size: config.page_size, client_request_timeout: config.client_request_timeout },
     )
     .with_policy(config.policy.clone());
+    let engine = match &config.limiter {
+        Some(l) => engine.with_rate_limiter(l.clone()),
+        None => engine,
+    };
     Arc::new(match auditor {
         Some(a) => engine.with_auditor(a),
         None => engine,

@@ -387,6 +387,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(r) = &config.revocations {
             r.check_connection().await.context("the revocation store")?;
         }
+        if let Some(l) = &config.limiter {
+            l.check_connection().await.map_err(|e| anyhow::anyhow!("the rate limit store (Redis): {e}"))?;
+        }
         match &config.http.auth {
             None => tracing::warn!("authentication is off ([auth] mode = \"off\"): this server is for local use only"),
             Some(auth) => tracing::info!(resource = %auth.resource, "authentication on: bearer tokens required"),

@@ -249,3 +249,32 @@ fn tampering_in_postgres_is_named_by_sequence_number() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[tokio::test]
+async fn the_pipeline_rate_limit_answers_429_and_is_audited() {
+    let d = start_with(|raw| {
+        team(raw);
+        raw.limits = RawConfig::parse(include_str!("../examples/team.toml"), "team").unwrap().limits;
+    })
+    .await;
+    let ci = d.mint("ci", "mcp:tools cicd.trigger", &["cicd"]);
+    let call = json!({ "name": "trigger_pipeline", "arguments": { "pipeline": "deploy" } });
+    for i in 0..10 {
+        let r = d.session_call(&ci, "tools/call", call.clone()).await;
+        assert_eq!(r.status(), 200, "call {i} is within 10 a minute");
+    }
+    let r = d.session_call(&ci, "tools/call", call.clone()).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=6).contains(&retry), "one call every 6 s: {retry}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32004);
+    assert!(v["error"]["data"]["retryAfterMs"].as_u64().unwrap() > 0);
+    // Another subject has its own allowance.
+    let other = d.mint("ci2", "mcp:tools cicd.trigger", &["cicd"]);
+    assert_eq!(d.session_call(&other, "tools/call", call).await.status(), 200);
+    d.audit.as_ref().unwrap().flush().await.unwrap();
+    let all = events(&d);
+    let hit = all.iter().find(|e| e["kind"] == "rate-limited").expect("the refusal is audited");
+    assert_eq!((hit["subject"].as_str(), hit["rule"].as_str()), (Some("ci"), Some("rate:pipelines")));
+}

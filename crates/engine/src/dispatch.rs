@@ -23,6 +23,7 @@ use crate::audit::{AuditEvent, Auditor};
 use crate::context::{RequestContext, Sink};
 use crate::policy::{Decision, Kind, Policy};
 use crate::principal::Principal;
+use crate::ratelimit::RateLimiter;
 use crate::registry::{BoxFuture, Catalog, PromptCall, ReadCall, Registry, ToolCall, ToolError};
 use crate::session::{LogLevel, Negotiated, Session};
 
@@ -74,6 +75,7 @@ pub struct Engine {
     options: EngineOptions,
     policy: Policy,
     auditor: Option<Arc<dyn Auditor>>,
+    limiter: Option<Arc<dyn RateLimiter>>,
 }
 
 #[derive(Deserialize)]
@@ -166,7 +168,64 @@ struct ErrorObject {
 impl Engine {
     /// An engine over `registry`.
     pub fn new(registry: Arc<Registry>, info: ServerInfo, options: EngineOptions) -> Self {
-        Self { registry, info, options, policy: Policy::allow_all(), auditor: None }
+        Self { registry, info, options, policy: Policy::allow_all(), auditor: None, limiter: None }
+    }
+
+    /// Rate-limits calls, reads and gets with `limiter`.
+    #[must_use]
+    pub fn with_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Whether `req` may go ahead now: `None` when no rate limit applies (call
+    /// [`Engine::request`] at once); otherwise await the future first. It resolves to the
+    /// JSON-RPC error response to send instead (and the wait) when the call is refused; the
+    /// refusal is audited. Targets the policy hides or steps up are not limited here: `request`
+    /// answers them as usual.
+    pub fn admit(
+        &self,
+        session: &Session,
+        principal: &Principal,
+        req: &Request<'_>,
+    ) -> Option<BoxFuture<'static, Result<(), (Vec<u8>, Duration)>>> {
+        let limiter = self.limiter.as_ref()?;
+        #[derive(Deserialize)]
+        struct Named {
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            uri: Option<String>,
+        }
+        let (kind, target) = match req.method.as_ref() {
+            "tools/call" => (Kind::Tool, parse::<Named>(req.params).ok()?.name?),
+            "prompts/get" => (Kind::Prompt, parse::<Named>(req.params).ok()?.name?),
+            "resources/read" => (Kind::Resource, parse::<Named>(req.params).ok()?.uri?),
+            _ => return None,
+        };
+        if !matches!(self.policy.decide(principal, kind, &target), Decision::Allow { .. }) {
+            return None;
+        }
+        let check = limiter.check(principal, kind, &target)?;
+        let id = req.id.clone();
+        let mut event = AuditEvent::new("rate-limited", Some(principal), &req.method);
+        event.request_id = Some(req.id.to_string());
+        event.session = Some(session.id().to_owned());
+        event.target = Some(target);
+        let auditor = self.auditor.clone();
+        Some(Box::pin(async move {
+            let Err(limited) = check.await else { return Ok(()) };
+            let retry_ms = limited.retry_after.as_millis().max(1) as u64;
+            let e = RpcError::new(code::RATE_LIMITED, format!("rate limited: retry after {retry_ms} ms"))
+                .with_data(json!({ "retryAfterMs": retry_ms, "rule": limited.rule }));
+            if let Some(a) = auditor {
+                (event.decision, event.outcome) = ("refused", "rate-limited".into());
+                event.rule = Some(limited.rule.clone());
+                // Queued; the refusal does not wait for it (no result is released).
+                drop(a.record(event));
+            }
+            Err((write_error(Some(&id), &e), limited.retry_after))
+        }))
     }
 
     /// Records every call, read, get and denial with `auditor`; a result is released only once

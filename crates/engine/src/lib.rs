@@ -11,6 +11,7 @@ mod context;
 mod dispatch;
 pub mod policy;
 mod principal;
+pub mod ratelimit;
 mod registry;
 mod session;
 mod template;
@@ -21,6 +22,7 @@ pub use context::{Outbound, RequestContext, Sink};
 pub use dispatch::{Dispatch, Engine, EngineOptions, ServerInfo};
 pub use policy::{Decision, Kind, Policy};
 pub use principal::{AuthFailure, AuthMethod, Principal, TokenVerifier};
+pub use ratelimit::{Limited, RateLimiter};
 pub use registry::{
     BoxFuture, Catalog, Prompt, PromptBuilder, PromptCall, ReadCall, Registry, RegistryError, Resource,
     ResourceBuilder, ResourceTemplate, ResourceTemplateBuilder, Tool, ToolBuilder, ToolCall, ToolError,

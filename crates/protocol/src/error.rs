@@ -23,6 +23,9 @@ pub mod code {
     /// Over HTTP this is a 403 `insufficient_scope` challenge whenever the response has not
     /// started yet; the code is for answers inside a stream, a batch, or HTTP+SSE.
     pub const INSUFFICIENT_SCOPE: i64 = -32003;
+    /// A rate limit refused the call (Portcullis; `data.retryAfterMs` says when to retry). Over
+    /// HTTP this is a 429 with `Retry-After` whenever the response has not started yet.
+    pub const RATE_LIMITED: i64 = -32004;
 }
 
 /// A JSON-RPC error: code, human message and optional structured data.

@@ -466,6 +466,11 @@ impl App {
         req: &Request<'_>,
         accept: Accept,
     ) -> Result<Response, Rejection> {
+        if let Some(check) = self.engine.admit(hs.session(), principal, req)
+            && let Err((error, retry_after)) = check.await
+        {
+            return Err(Rejection::RateLimited { retry_after, error });
+        }
         let (tx, rx) = mpsc::channel(64);
         let fut = match self.engine.request(hs.session(), principal, req, Sink::Stream(tx)) {
             Dispatch::Ready(bytes) => return Ok(wire::single(bytes, accept)),
@@ -604,10 +609,18 @@ impl App {
                 Ok(Message::Request(r)) if r.method == "initialize" => {
                     return Err(Rejection::InitializeInBatch);
                 }
-                Ok(Message::Request(r)) => match self.engine.request(hs.session(), principal, &r, Sink::Session) {
-                    Dispatch::Ready(b) | Dispatch::StepUp { error: b, .. } => answers.push(b),
-                    Dispatch::Pending(f) => pending.push(Detached::new(f)),
-                },
+                Ok(Message::Request(r)) => {
+                    if let Some(check) = self.engine.admit(hs.session(), principal, &r)
+                        && let Err((error, _)) = check.await
+                    {
+                        answers.push(error);
+                        continue;
+                    }
+                    match self.engine.request(hs.session(), principal, &r, Sink::Session) {
+                        Dispatch::Ready(b) | Dispatch::StepUp { error: b, .. } => answers.push(b),
+                        Dispatch::Pending(f) => pending.push(Detached::new(f)),
+                    }
+                }
                 Ok(Message::Notification(n)) => self.engine.notification(hs.session(), &n),
                 Ok(Message::Response(r)) => {
                     self.engine.response(hs.session(), &r);

@@ -181,14 +181,14 @@ async fn post(
     let parsed = parse_body(&bytes, app.opts.max_json_depth).map_err(Rejection::Parse)?;
     ls.session.touch();
     match parsed {
-        RpcBody::Single(m) => handle(&app.engine, &ls, &principal, m),
+        RpcBody::Single(m) => handle(&app.engine, &ls, &principal, m).await,
         RpcBody::Batch(items) => {
             if !ls.session.version().is_some_and(ProtocolVersion::allows_batch) {
                 return Err(Rejection::BatchNotAllowed);
             }
             for item in items {
                 match item {
-                    Ok(m) => handle(&app.engine, &ls, &principal, m),
+                    Ok(m) => handle(&app.engine, &ls, &principal, m).await,
                     Err((id, e)) => {
                         let _ = ls.tx.try_send(Bytes::from(write_error(id.as_ref(), &e)));
                     }
@@ -201,8 +201,14 @@ async fn post(
     Ok(resp)
 }
 
-fn handle(engine: &Engine, ls: &Arc<LegacySession>, principal: &Principal, m: Message<'_>) {
+async fn handle(engine: &Engine, ls: &Arc<LegacySession>, principal: &Principal, m: Message<'_>) {
     match m {
+        Message::Request(req)
+            if let Some(check) = engine.admit(&ls.session, principal, &req)
+                && let Err((error, _)) = check.await =>
+        {
+            let _ = ls.tx.send(Bytes::from(error)).await;
+        }
         // The answer travels on the SSE stream, so a step-up is the JSON-RPC error, not a 403.
         Message::Request(req) => match engine.request(&ls.session, principal, &req, Sink::Session) {
             Dispatch::Ready(b) | Dispatch::StepUp { error: b, .. } => {

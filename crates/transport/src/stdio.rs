@@ -113,7 +113,14 @@ async fn handle(
     tx: &mpsc::Sender<Bytes>,
     tasks: &mut JoinSet<()>,
 ) {
+    let anonymous = Principal::anonymous();
     match m {
+        Message::Request(req)
+            if let Some(check) = engine.admit(session, &anonymous, &req)
+                && let Err((error, _)) = check.await =>
+        {
+            let _ = tx.send(Bytes::from(error)).await;
+        }
         // A pipe to one local process: the caller is the anonymous principal.
         Message::Request(req) => match engine.request(session, &Principal::anonymous(), &req, Sink::Session) {
             Dispatch::Ready(b) | Dispatch::StepUp { error: b, .. } => {

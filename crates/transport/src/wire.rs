@@ -53,6 +53,9 @@ pub(crate) enum Rejection {
     /// (RFC 6750 §3.1, 2025-11-25 basic/authorization §Scope Challenge Handling); the body is the
     /// engine's JSON-RPC error, which names them too.
     InsufficientScope { challenge: String, error: Vec<u8> },
+    /// A rate limit refused the call: 429 with `Retry-After`; the body is the engine's JSON-RPC
+    /// error with `data.retryAfterMs`.
+    RateLimited { retry_after: std::time::Duration, error: Vec<u8> },
 }
 
 // === impl Rejection ===
@@ -69,6 +72,7 @@ impl Rejection {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyUnreadable
             | Self::Parse(_)
@@ -122,12 +126,22 @@ impl Rejection {
                 (None, RpcError::internal("authentication is temporarily unavailable; try again later"))
             }
             Self::InsufficientScope { .. } => (None, RpcError::internal("insufficient scope")),
+            Self::RateLimited { .. } => (None, RpcError::internal("rate limited")),
         }
     }
 }
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
+        if let Self::RateLimited { retry_after, error } = self {
+            let mut resp = json(StatusCode::TOO_MANY_REQUESTS, Bytes::from(error));
+            // Whole seconds, rounded up (RFC 9110 §10.2.3).
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(RETRY_AFTER, v);
+            }
+            return resp;
+        }
         if let Self::InsufficientScope { challenge, error } = self {
             let mut resp = json(StatusCode::FORBIDDEN, Bytes::from(error));
             if let Ok(v) = HeaderValue::from_str(&challenge) {
