@@ -68,6 +68,10 @@ pub enum Dispatch {
     },
 }
 
+/// The answer of [`Engine::admit`]: go ahead, or the error response to send and how long the
+/// caller should wait.
+pub type Admission = BoxFuture<'static, Result<(), (Vec<u8>, Duration)>>;
+
 /// Dispatches messages against a registry.
 pub struct Engine {
     registry: Arc<Registry>,
@@ -183,12 +187,7 @@ impl Engine {
     /// JSON-RPC error response to send instead (and the wait) when the call is refused; the
     /// refusal is audited. Targets the policy hides or steps up are not limited here: `request`
     /// answers them as usual.
-    pub fn admit(
-        &self,
-        session: &Session,
-        principal: &Principal,
-        req: &Request<'_>,
-    ) -> Option<BoxFuture<'static, Result<(), (Vec<u8>, Duration)>>> {
+    pub fn admit(&self, session: &Session, principal: &Principal, req: &Request<'_>) -> Option<Admission> {
         let limiter = self.limiter.as_ref()?;
         #[derive(Deserialize)]
         struct Named {

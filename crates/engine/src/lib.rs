@@ -19,7 +19,7 @@ mod template;
 pub use audit::{AuditEvent, AuditUnavailable, Auditor};
 pub use content::{Content, PromptMessage, PromptOutput, ResourceContents, ToolOutput};
 pub use context::{Outbound, RequestContext, Sink};
-pub use dispatch::{Dispatch, Engine, EngineOptions, ServerInfo};
+pub use dispatch::{Admission, Dispatch, Engine, EngineOptions, ServerInfo};
 pub use policy::{Decision, Kind, Policy};
 pub use principal::{AuthFailure, AuthMethod, Principal, TokenVerifier};
 pub use ratelimit::{Limited, RateLimiter};
