@@ -40,6 +40,46 @@ pub struct RawConfig {
     /// Rate limits.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: Prometheus text at `path` on the server's listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve metrics (default true).
+    pub enabled: bool,
+    /// The path (default `/metrics`).
+    pub path: String,
+    /// Environment variable holding a bearer token scrapers must send. Required when listening
+    /// on a non-loopback address (metrics name tools and rules).
+    pub token_env: Option<String>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self { enabled: true, path: "/metrics".into(), token_env: None }
+    }
+}
+
+/// The resolved `[metrics]` section.
+#[derive(Clone)]
+pub struct MetricsSettings {
+    /// The path.
+    pub path: String,
+    /// The scrape token, if one is required.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for MetricsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSettings")
+            .field("path", &self.path)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 /// `[limits]`: GCRA rate limits on tools, resources and prompts.
@@ -683,6 +723,8 @@ pub struct Config {
     pub audit: AuditSection,
     /// Rate limits (`None` without rules).
     pub limiter: Option<Arc<portcullis_limits::Limiter>>,
+    /// Metrics (`None` when disabled).
+    pub metrics: Option<MetricsSettings>,
 }
 
 /// A configuration problem, with where it is.
@@ -882,6 +924,7 @@ impl Config {
             policy,
             audit: raw.audit,
             limiter: raw.limits.build()?,
+            metrics: resolve_metrics(&raw.metrics, s.listen)?,
             revocations: resolved.revocations,
         })
     }
@@ -908,6 +951,29 @@ impl RawConfig {
         self.server.listen = listen;
         self
     }
+}
+
+fn resolve_metrics(m: &MetricsSection, listen: SocketAddr) -> Result<Option<MetricsSettings>, ConfigError> {
+    if !m.enabled {
+        return Ok(None);
+    }
+    if !m.path.starts_with('/') {
+        return Err(ConfigError::Invalid(format!("metrics.path must start with /, got {:?}", m.path)));
+    }
+    let token =
+        match &m.token_env {
+            None => None,
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                ConfigError::Invalid(format!("metrics.token_env: environment variable {var} is not set"))
+            })?),
+        };
+    if token.is_none() && !listen.ip().is_loopback() {
+        return Err(ConfigError::Invalid(
+            "metrics on a non-loopback address need a scrape token: set metrics.token_env, or metrics.enabled = false"
+                .into(),
+        ));
+    }
+    Ok(Some(MetricsSettings { path: m.path.clone(), token }))
 }
 
 /// `localhost`, `127.x.y.z` or `[::1]`.
@@ -1327,7 +1393,7 @@ mod tests {
     fn public_listeners_default_to_any_host_and_need_real_authentication() {
         let dir = scratch("public");
         let auth = format!(
-            "[auth]\nmode = \"jwt\"\nresource = \"https://mcp.example.com/mcp\"\nrevocation_db = {:?}\n[[auth.api_keys]]\nname = \"a\"\nsha256 = \"{}\"\n",
+            "[metrics]\nenabled = false\n[auth]\nmode = \"jwt\"\nresource = \"https://mcp.example.com/mcp\"\nrevocation_db = {:?}\n[[auth.api_keys]]\nname = \"a\"\nsha256 = \"{}\"\n",
             dir.join("rev.db").display().to_string(),
             "0".repeat(64)
         );
@@ -1339,6 +1405,9 @@ mod tests {
         assert_eq!(c.http.origins.hosts, ["mcp.example.com"]);
         // The dev authorization server and no authentication are loopback-only.
         assert!(err("[server]\nlisten = \"0.0.0.0:80\"\n").contains("only on a loopback address"));
+        let public_metrics =
+            format!("[server]\nlisten = \"0.0.0.0:80\"\n{}", auth.replace("[metrics]\nenabled = false\n", ""));
+        assert!(err(&public_metrics).contains("need a scrape token"));
         assert!(
             err("[server]\nlisten = \"0.0.0.0:80\"\n[auth]\nmode = \"off\"\n").contains("only on a loopback address")
         );

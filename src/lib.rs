@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -48,6 +49,37 @@ pub fn engine_with(
         Some(a) => engine.with_auditor(a),
         None => engine,
     })
+}
+
+/// Everything `portcullis serve` runs: the engine with policy, rate limits, audit trail and
+/// metrics wired in, and the HTTP options with the metrics route added.
+pub struct Assembled {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The HTTP options to serve with.
+    pub http: HttpOptions,
+    /// The audit log, when on.
+    pub audit: Option<Arc<portcullis_audit::AuditLog>>,
+}
+
+/// Builds the engine for `registry` from `config`: starts the audit trail, puts metrics in front
+/// of it, and adds the `/metrics` route.
+pub fn assemble(registry: Arc<Registry>, config: &Config, name: &str) -> Result<Assembled, config::ConfigError> {
+    let audit = config.audit.start()?;
+    let log = audit.clone().map(|a| a as Arc<dyn portcullis_engine::Auditor>);
+    let mut http = config.http.clone();
+    let Some(settings) = &config.metrics else {
+        return Ok(Assembled { engine: engine_with(registry, config, name, log), http, audit });
+    };
+    let metrics = Arc::new(metrics::Metrics::default());
+    let observed = Arc::new(metrics::Observed { metrics: metrics.clone(), inner: log, engine: Default::default() });
+    let engine = engine_with(registry, config, name, Some(observed.clone()));
+    let _ = observed.engine.set(Arc::downgrade(&engine));
+    http.extra_routes.push(portcullis_transport::ExtraRoutes {
+        name: "metrics",
+        router: metrics::router(metrics, engine.clone(), audit.clone(), &settings.path, settings.token.clone()),
+    });
+    Ok(Assembled { engine, http, audit })
 }
 
 /// Serves Streamable HTTP and HTTP+SSE on `listener` until SIGINT/SIGTERM, then shuts down

@@ -358,9 +358,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if config.demo_team {
         portcullis::demo::register_team(&registry).context("registering the team demo tools")?;
     }
-    let audit = if args.stdio { None } else { config.audit.start()? };
-    let auditor = audit.clone().map(|a| a as Arc<dyn portcullis_engine::Auditor>);
-    let engine = portcullis::engine_with(registry, &config, "portcullis", auditor);
+    if args.stdio {
+        // stdio: one local user; no audit trail or metrics listener.
+        config.metrics = None;
+        config.audit.sink = portcullis::config::AuditSink::Off;
+    }
+    let portcullis::Assembled { engine, http, audit } = portcullis::assemble(registry, &config, "portcullis")?;
+    config.http = http;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         if args.stdio {

@@ -117,6 +117,28 @@ async fn the_seed_scenario_is_decided_and_every_step_is_audited_with_its_rule() 
     assert!(ok["latency_us"].as_u64().is_some() && ok["result_bytes"].as_u64().unwrap() > 0);
     assert!(all.iter().any(|e| e["kind"] == "auth-failure" && e["outcome"] == "401 invalid_token"));
 
+    // Metrics: the same events, with bounded labels (never a subject or an argument).
+    let r = d.session_call(&viewer, "tools/call", json!({ "name": "no_such_tool_4711", "arguments": {} })).await;
+    assert_eq!(r.status(), 200);
+    let text = d.http.get(format!("{}/metrics", d.base)).send().await.unwrap().text().await.unwrap();
+    for line in [
+        r#"portcullis_calls_total{method="tools/call",tool="get_jira_issue",outcome="ok"} 1"#,
+        r#"portcullis_calls_total{method="tools/call",tool="get_jira_issue",outcome="tool-error"} 1"#,
+        r#"portcullis_calls_total{method="tools/call",tool="trigger_pipeline",outcome="step-up"} 1"#,
+        r#"portcullis_calls_total{method="tools/call",tool="unknown",outcome="error"} 1"#,
+        r#"portcullis_denials_total{rule="default-deny"} 1"#,
+        r#"portcullis_denials_total{rule="scope:trigger_pipeline"} 1"#,
+        "portcullis_auth_failures_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("portcullis_call_duration_seconds_bucket") && text.contains("portcullis_audit_queue_depth"));
+    let sessions = text.lines().find_map(|l| l.strip_prefix("portcullis_sessions_open ")).unwrap();
+    assert!(sessions.parse::<u64>().unwrap() >= 1);
+    for secret in ["vera", "OPS-42", "no_such_tool_4711", "deploy"] {
+        assert!(!text.contains(secret), "{secret} leaked into metrics");
+    }
+
     // The whole trail verifies.
     let cfg = d.dir.join("audit.toml");
     std::fs::write(&cfg, format!("[audit]\npath = {:?}\n", d.dir.join("audit.db").display().to_string())).unwrap();

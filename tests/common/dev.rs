@@ -47,16 +47,15 @@ pub async fn start_with(tweak: impl FnOnce(&mut RawConfig)) -> Dev {
     raw.audit.path = dir.join("audit.db");
     tweak(&mut raw);
     let config = Config::resolve(raw).unwrap();
-    let audit = config.audit.start().unwrap();
     let registry = Arc::new(Registry::new());
     portcullis::demo::register(&registry).unwrap();
     if config.demo_team {
         portcullis::demo::register_team(&registry).unwrap();
     }
-    let auditor = audit.clone().map(|a| a as Arc<dyn portcullis_engine::Auditor>);
-    let engine = portcullis::engine_with(registry, &config, "dev-as-test", auditor);
+    let portcullis::Assembled { engine, http: http_opts, audit } =
+        portcullis::assemble(registry, &config, "dev-as-test").unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(portcullis::serve_http_until(listener, engine, config.http.clone(), Duration::from_secs(1), async {
+    tokio::spawn(portcullis::serve_http_until(listener, engine, http_opts, Duration::from_secs(1), async {
         let _ = rx.await;
     }));
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();

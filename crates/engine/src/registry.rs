@@ -528,6 +528,13 @@ impl Registry {
         self.lock_sessions().remove(session.id());
     }
 
+    /// Initialized sessions that are still open (for metrics).
+    pub fn open_sessions(&self) -> usize {
+        let mut map = self.lock_sessions();
+        map.retain(|_, w| w.strong_count() > 0);
+        map.len()
+    }
+
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Weak<Session>>> {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
