@@ -43,6 +43,62 @@ pub struct RawConfig {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// Size limits and prompt-injection screening around every call.
+    #[serde(default)]
+    pub guards: GuardsSection,
+}
+
+/// `[guards]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardsSection {
+    /// Largest `tools/call` params, in bytes (default 256 KiB).
+    pub max_argument_bytes: usize,
+    /// Largest tool or resource result, in bytes (default 4 MiB); larger ones are refused with a
+    /// hint to ask for a smaller page.
+    pub max_result_bytes: usize,
+    /// Prompt-injection screening of results: `off`, `annotate` (default: `_meta` and an audit
+    /// flag) or `block`.
+    pub injection: String,
+    /// Per tool name (or resource URI): the injection mode.
+    pub tools: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for GuardsSection {
+    fn default() -> Self {
+        let g = portcullis_engine::Guards::default();
+        Self {
+            max_argument_bytes: g.max_argument_bytes,
+            max_result_bytes: g.max_result_bytes,
+            injection: "annotate".into(),
+            tools: Default::default(),
+        }
+    }
+}
+
+impl GuardsSection {
+    fn build(&self) -> Result<portcullis_engine::Guards, ConfigError> {
+        use portcullis_engine::InjectionMode;
+        let mode = |key: &str, v: &str| match v {
+            "off" => Ok(InjectionMode::Off),
+            "annotate" => Ok(InjectionMode::Annotate),
+            "block" => Ok(InjectionMode::Block),
+            other => Err(ConfigError::Invalid(format!("{key}: {other:?}: use \"off\", \"annotate\" or \"block\""))),
+        };
+        if self.max_argument_bytes == 0 || self.max_result_bytes == 0 {
+            return Err(ConfigError::Invalid("guards.max_argument_bytes and max_result_bytes must be > 0".into()));
+        }
+        let mut per_target = std::collections::HashMap::new();
+        for (name, v) in &self.tools {
+            per_target.insert(name.clone(), mode(&format!("guards.tools.{name}"), v)?);
+        }
+        Ok(portcullis_engine::Guards {
+            max_argument_bytes: self.max_argument_bytes,
+            max_result_bytes: self.max_result_bytes,
+            injection: mode("guards.injection", &self.injection)?,
+            per_target,
+        })
+    }
 }
 
 /// `[metrics]`: Prometheus text at `path` on the server's listener.
@@ -725,6 +781,8 @@ pub struct Config {
     pub limiter: Option<Arc<portcullis_limits::Limiter>>,
     /// Metrics (`None` when disabled).
     pub metrics: Option<MetricsSettings>,
+    /// Guards around every call.
+    pub guards: portcullis_engine::Guards,
 }
 
 /// A configuration problem, with where it is.
@@ -925,6 +983,7 @@ impl Config {
             audit: raw.audit,
             limiter: raw.limits.build()?,
             metrics: resolve_metrics(&raw.metrics, s.listen)?,
+            guards: raw.guards.build()?,
             revocations: resolved.revocations,
         })
     }

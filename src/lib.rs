@@ -40,7 +40,8 @@ pub fn engine_with(
         },
         EngineOptions { page_size: config.page_size, client_request_timeout: config.client_request_timeout },
     )
-    .with_policy(config.policy.clone());
+    .with_policy(config.policy.clone())
+    .with_guards(config.guards.clone());
     let engine = match &config.limiter {
         Some(l) => engine.with_rate_limiter(l.clone()),
         None => engine,

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::audit::{AuditEvent, Auditor};
 use crate::context::{RequestContext, Sink};
+use crate::guard::Guards;
 use crate::policy::{Decision, Kind, Policy};
 use crate::principal::Principal;
 use crate::ratelimit::RateLimiter;
@@ -80,6 +81,7 @@ pub struct Engine {
     policy: Policy,
     auditor: Option<Arc<dyn Auditor>>,
     limiter: Option<Arc<dyn RateLimiter>>,
+    guards: Arc<Guards>,
 }
 
 #[derive(Deserialize)]
@@ -172,7 +174,22 @@ struct ErrorObject {
 impl Engine {
     /// An engine over `registry`.
     pub fn new(registry: Arc<Registry>, info: ServerInfo, options: EngineOptions) -> Self {
-        Self { registry, info, options, policy: Policy::allow_all(), auditor: None, limiter: None }
+        Self {
+            registry,
+            info,
+            options,
+            policy: Policy::allow_all(),
+            auditor: None,
+            limiter: None,
+            guards: Arc::default(),
+        }
+    }
+
+    /// Checks argument and result sizes and screens results for prompt injection with `guards`.
+    #[must_use]
+    pub fn with_guards(mut self, guards: Guards) -> Self {
+        self.guards = Arc::new(guards);
+        self
     }
 
     /// Rate-limits calls, reads and gets with `limiter`.
@@ -537,6 +554,15 @@ impl Engine {
         if let Some(stop) = self.gate(decision, id, unknown(), &mut event) {
             return stop;
         }
+        let size = req.params.map_or(0, |r| r.get().len());
+        if size > self.guards.max_argument_bytes {
+            let limit = self.guards.max_argument_bytes;
+            let e =
+                RpcError::invalid_params(format!("tools/call arguments are {size} bytes, over the limit of {limit}"));
+            event.flags.push("arguments-too-large".into());
+            event.arguments = None;
+            return self.finish(event, write_error(Some(id), &e));
+        }
         let args = match p.arguments {
             None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
             Some(v @ Value::Object(_)) => v,
@@ -565,7 +591,7 @@ impl Engine {
         }
         let ctx = self.context(session, id, p.meta, sink);
         let fut = (tool.handler)(ToolCall { args, ctx });
-        self.pending(session, id, Some((event, started)), async move {
+        self.pending(session, id, Some((event, started)), Some(true), async move {
             let out = match fut.await {
                 Ok(out) => out,
                 Err(ToolError(msg)) => crate::ToolOutput::error(msg),
@@ -603,7 +629,7 @@ impl Engine {
         }
         let ctx = self.context(session, id, p.meta, sink);
         let fut = reader(ReadCall { uri: p.uri, vars, ctx });
-        self.pending(session, id, Some((event, started)), async move {
+        self.pending(session, id, Some((event, started)), Some(false), async move {
             let contents = fut.await?;
             Ok((to_json(&json!({ "contents": contents })), false))
         })
@@ -637,7 +663,7 @@ impl Engine {
         }
         let ctx = self.context(session, id, p.meta, sink);
         let fut = (prompt.handler)(PromptCall { args, ctx });
-        self.pending(session, id, Some((event, started)), async move { Ok((to_json(&fut.await?), false)) })
+        self.pending(session, id, Some((event, started)), None, async move { Ok((to_json(&fut.await?), false)) })
     }
 
     /// Wraps a handler future: registered for cancellation, serialized when done.
@@ -648,6 +674,7 @@ impl Engine {
         session: &Arc<Session>,
         id: &RequestId,
         audit: Option<(AuditEvent, Instant)>,
+        guard: Option<bool>,
         fut: impl Future<Output = Result<(String, bool), RpcError>> + Send + 'static,
     ) -> Dispatch {
         let (handle, registration) = AbortHandle::new_pair();
@@ -657,10 +684,29 @@ impl Engine {
         }
         let session = session.clone();
         let id = id.clone();
+        let target = audit.as_ref().and_then(|(e, _)| e.target.clone()).unwrap_or_default();
         let audit = self.auditor.clone().zip(audit);
+        let guards = guard.map(|is_tool| (self.guards.clone(), is_tool));
         Dispatch::Pending(Box::pin(async move {
             let outcome = Abortable::new(fut, registration).await;
             session.untrack(&id);
+            let mut flags = Vec::new();
+            let outcome = match (outcome, guards) {
+                // Results of tools and resources pass the guards before anyone sees them.
+                (Ok(Ok((mut json, tool_error))), Some((guards, is_tool))) => {
+                    let verdict = guards.result(&target, &mut json, is_tool);
+                    flags = verdict.flags;
+                    match verdict.replacement {
+                        Some(r) if is_tool => Ok(Ok((r, true))),
+                        Some(_) => Ok(Err(RpcError::internal(format!(
+                            "the content of {target} was withheld ({})",
+                            flags.join(", ")
+                        )))),
+                        None => Ok(Ok((json, tool_error))),
+                    }
+                }
+                (outcome, _) => outcome,
+            };
             let (bytes, result) = match outcome {
                 Ok(Ok((json, tool_error))) => {
                     (Some(write_result(&id, &json)), if tool_error { "tool-error".to_owned() } else { "ok".to_owned() })
@@ -669,6 +715,7 @@ impl Engine {
                 Err(_aborted) => (None, "cancelled".to_owned()),
             };
             let Some((auditor, (mut event, started))) = audit else { return bytes };
+            event.flags.extend(flags);
             event.outcome = result;
             event.latency_us = started.elapsed().as_micros() as u64;
             event.result_bytes = bytes.as_ref().map(|b| b.len() as u64);
