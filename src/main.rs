@@ -39,11 +39,56 @@ enum Command {
     /// Mint a token from the local dev issuer (development only; the server must run with
     /// `[auth] mode = "dev"` and the same key file), or revoke tokens.
     Token(Box<TokenArgs>),
+    /// Explain a policy decision: who may see and use which tool, resource or prompt, and why.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCommand,
+    },
     /// Inspect the audit trail: verify its hash chain, show the newest events, or search it.
     Audit {
         #[command(subcommand)]
         action: AuditCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the decision for one principal and target, and the rule that made it.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["token_stdin", "sub"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["tool", "resource", "prompt"])))]
+struct ExplainArgs {
+    /// Configuration file (default: the embedded default).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Read a bearer token from stdin and verify it as the server would (it never goes on the
+    /// command line).
+    #[arg(long)]
+    token_stdin: bool,
+    /// Or describe the principal: its subject …
+    #[arg(long)]
+    sub: Option<String>,
+    /// … its space-separated scopes …
+    #[arg(long, default_value = "")]
+    scope: String,
+    /// … its roles (comma-separated) …
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// … and its tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The tool to call.
+    #[arg(long)]
+    tool: Option<String>,
+    /// The resource URI to read.
+    #[arg(long)]
+    resource: Option<String>,
+    /// The prompt to get.
+    #[arg(long)]
+    prompt: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -166,6 +211,7 @@ fn main() -> ExitCode {
             TokenArgs { action: None, mint } => mint_token(&mint),
         },
         Command::Audit { action } => audit(action),
+        Command::Policy { action: PolicyCommand::Explain(args) } => explain(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -256,6 +302,61 @@ fn mint_token(args: &MintArgs) -> anyhow::Result<()> {
     }
     let token = key.sign(&claims)?;
     writeln!(std::io::stdout().lock(), "{token}")?;
+    Ok(())
+}
+
+fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
+    use portcullis_engine::{Decision, Kind, Principal};
+    let config = Config::resolve(load_raw(args.config.as_ref(), None)?)?;
+    let principal = if args.token_stdin {
+        let mut token = String::new();
+        std::io::stdin().read_line(&mut token).context("reading the token from stdin")?;
+        let auth =
+            config.http.auth.as_ref().ok_or_else(|| anyhow::anyhow!("authentication is off in this configuration"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        match runtime.block_on(auth.verifier.verify(token.trim())) {
+            Ok(p) => p,
+            Err(e) => anyhow::bail!("the token is not accepted: {e:?}"),
+        }
+    } else {
+        Principal {
+            subject: args.sub.clone().unwrap_or_default(),
+            scopes: args.scope.split_ascii_whitespace().map(str::to_owned).collect(),
+            roles: args.roles.clone(),
+            tenant: args.tenant.clone(),
+            ..Principal::anonymous()
+        }
+    };
+    let (kind, method, target) = match (&args.tool, &args.resource, &args.prompt) {
+        (Some(t), _, _) => (Kind::Tool, "tools/call", t),
+        (_, Some(r), _) => (Kind::Resource, "resources/read", r),
+        (_, _, Some(p)) => (Kind::Prompt, "prompts/get", p),
+        _ => anyhow::bail!("name a --tool, --resource or --prompt"),
+    };
+    let none = || "-".to_owned();
+    println!(
+        "principal: sub={} tenant={} roles=[{}] scopes=[{}]",
+        principal.subject,
+        principal.tenant.clone().unwrap_or_else(none),
+        principal.roles.join(","),
+        principal.scopes.join(" ")
+    );
+    let verdict = match config.policy.decide(&principal, kind, target) {
+        Decision::Allow { rule } => format!("ALLOW (rule {rule})"),
+        Decision::Hide { rule, reason } => {
+            format!("HIDDEN (rule {rule}: {reason}); listed: no; calling it answers as unknown")
+        }
+        Decision::StepUp { rule, scopes } => {
+            format!(
+                "STEP-UP (rule {rule}): listed, but calling it needs a token with {}; HTTP 403 insufficient_scope",
+                scopes.join(" ")
+            )
+        }
+    };
+    println!("{method} {target}: {verdict}");
+    if config.policy.is_open() {
+        println!("note: authentication is off, so the policy allows everything");
+    }
     Ok(())
 }
 

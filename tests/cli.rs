@@ -1,0 +1,64 @@
+//! The command line around the server: `portcullis policy explain` on the seed S001 team
+//! (examples/team.toml), for a described principal and for a real token read from stdin.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+#[test]
+fn policy_explain_names_the_decision_and_its_rule() {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let team = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/team.toml");
+    let explain = |extra: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(BIN)
+            .current_dir(&dir)
+            .args(["policy", "explain", "--config", team])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = explain(
+        &["--sub", "vera", "--roles", "viewer", "--scope", "mcp:tools jira.read", "--tool", "get_jira_issue"],
+        None,
+    );
+    assert!(out.contains("tools/call get_jira_issue: ALLOW (rule role:viewer)"), "{out}");
+    let out = explain(&["--sub", "vera", "--roles", "viewer", "--tool", "trigger_pipeline"], None);
+    assert!(out.contains("HIDDEN (rule default-deny"), "{out}");
+    let out = explain(&["--sub", "ci", "--roles", "cicd", "--scope", "mcp:tools", "--tool", "trigger_pipeline"], None);
+    assert!(out.contains("STEP-UP (rule scope:trigger_pipeline)") && out.contains("mcp:tools cicd.trigger"), "{out}");
+    // A real token, minted for the same configuration, verified as the server would.
+    let minted = Command::new(BIN)
+        .current_dir(&dir)
+        .args([
+            "token",
+            "--config",
+            team,
+            "--sub",
+            "ci",
+            "--scope",
+            "mcp:tools cicd.trigger",
+            "--claims",
+            r#"{"roles":["cicd"]}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(minted.status.success());
+    let token = String::from_utf8(minted.stdout).unwrap();
+    let out = explain(&["--token-stdin", "--tool", "trigger_pipeline"], Some(&token));
+    assert!(out.contains("sub=ci") && out.contains("ALLOW (rule role:cicd)"), "{out}");
+    assert!(!out.contains(token.trim()), "the token is never printed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
