@@ -15,6 +15,9 @@ cfg=$(mktemp)
 cat > "$cfg" <<TOML
 [server]
 listen = "127.0.0.1:3502"
+[audit]
+sink = "off"
+[policy.tool_scopes]
 [auth]
 mode = "jwt"
 [[auth.issuers]]
@@ -24,7 +27,7 @@ public_key_files = ["$root/tests/fixtures/rsa-a.pub.pem"]
 TOML
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "$cfg"' EXIT
-noauth=$(mktemp); printf '[auth]\nmode = "off"\n' > "$noauth"
+noauth=$(mktemp); printf '[auth]\nmode = "off"\n[audit]\nsink = "off"\n' > "$noauth"
 "$bin" serve --config "$noauth" --listen 127.0.0.1:3500 >/dev/null 2>&1 & pids+=($!)
 "$bin" serve --config "$cfg" >/dev/null 2>&1 & pids+=($!)
 sleep 2

@@ -28,9 +28,9 @@ start env PORT=3300 "$PEER_BENCH/peers/rmcp/target/release/peer-rmcp"
 # The embedded default without authentication (the peers have none), logging at its default
 # level (info, one line per request) to /dev/null, and the same with request lines off, to show
 # what logging costs.
-noauth=$(mktemp); printf '[auth]\nmode = "off"\n' > "$noauth"
+noauth=$(mktemp); printf '[auth]\nmode = "off"\n[audit]\nsink = "off"\n' > "$noauth"
 start "$bin" serve --config "$noauth" --listen 127.0.0.1:3500
-cfg=$(mktemp); printf '[auth]\nmode = "off"\n[log]\nlevel = "warn"\n' > "$cfg"
+cfg=$(mktemp); printf '[auth]\nmode = "off"\n[audit]\nsink = "off"\n[log]\nlevel = "warn"\n' > "$cfg"
 start "$bin" serve --config "$cfg" --listen 127.0.0.1:3501
 sleep 2
 run() { local name=$1 c=$2 p=$3; shift 3

@@ -25,6 +25,6 @@ measure() { local name=$1 url=$2; shift 2
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 # Without authentication, like the peers.
-noauth=$(mktemp); printf '[auth]\nmode = "off"\n' > "$noauth"
+noauth=$(mktemp); printf '[auth]\nmode = "off"\n[audit]\nsink = "off"\n' > "$noauth"
 measure portcullis http://127.0.0.1:3510/mcp "$bin" serve --config "$noauth" --listen 127.0.0.1:3510
 measure rmcp-stateful http://127.0.0.1:3300/mcp env PORT=3300 "$PEER_BENCH/peers/rmcp/target/release/peer-rmcp"

@@ -356,7 +356,7 @@ async fn policy_hides_what_a_role_may_not_use_and_asks_for_missing_scopes() {
 }
 
 #[tokio::test]
-async fn tenant_resources_cannot_be_reached_by_another_spelling_of_their_uri() {
+async fn tenant_tools_and_resources_stay_with_their_tenant_under_any_spelling() {
     let d = start_with(|raw| {
         raw.policy.roles = vec![portcullis::config::PolicyTargets {
             name: "*".into(),
@@ -367,7 +367,7 @@ async fn tenant_resources_cannot_be_reached_by_another_spelling_of_their_uri() {
         // Lines 1, 10-19, 100-199… of the sample log belong to tenant acme.
         raw.policy.tenants = vec![portcullis::config::PolicyTargets {
             name: "acme".into(),
-            tools: vec![],
+            tools: vec!["read_log".into()],
             resources: vec!["portcullis://demo/sample.log/lines/1*".into()],
             prompts: vec![],
         }];
@@ -403,5 +403,20 @@ async fn tenant_resources_cannot_be_reached_by_another_spelling_of_their_uri() {
         .sign(&json!({ "iss": d.base, "sub": "ann", "aud": d.resource(), "exp": now + 60, "scope": "mcp:tools", "tenant": "acme" }))
         .unwrap();
     assert_eq!(read(acme.clone(), "portcullis://demo/sample.log/lines/1").await, 0);
-    assert_eq!(read(acme, "portcullis://demo/sample.log/lines/%31").await, 0);
+    assert_eq!(read(acme.clone(), "portcullis://demo/sample.log/lines/%31").await, 0);
+
+    // Tools too: acme's read_log is neither listed nor callable for globex.
+    let names = |v: Value| -> Vec<String> {
+        v["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let r = d.session_call(&globex, "tools/list", json!({})).await;
+    assert!(!names(r.json().await.unwrap()).contains(&"read_log".to_owned()));
+    let r = d.session_call(&globex, "tools/call", json!({ "name": "read_log", "arguments": {} })).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "unknown tool: read_log");
+    let r = d.session_call(&acme, "tools/list", json!({})).await;
+    assert!(names(r.json().await.unwrap()).contains(&"read_log".to_owned()));
+    let r = d.session_call(&acme, "tools/call", json!({ "name": "read_log", "arguments": { "limit": 1 } })).await;
+    let v: Value = r.json().await.unwrap();
+    assert!(v["result"]["structuredContent"]["data"].is_array(), "{v}");
 }
