@@ -706,6 +706,8 @@ pub struct SessionsSection {
     pub idle_ttl: Duration,
     /// Most concurrent sessions (default 10000).
     pub max: usize,
+    /// Most concurrent sessions of one principal (default 100); beyond it `initialize` gets 429.
+    pub max_per_principal: usize,
     /// Interval of SSE keep-alive comments (default `15s`).
     #[serde(deserialize_with = "duration")]
     pub sse_keepalive: Duration,
@@ -832,6 +834,7 @@ impl Default for SessionsSection {
         Self {
             idle_ttl: Duration::from_secs(30 * 60),
             max: 10_000,
+            max_per_principal: 100,
             sse_keepalive: Duration::from_secs(15),
             sse_retry: Duration::from_secs(1),
             sse_buffer_events: 256,
@@ -892,6 +895,7 @@ impl Config {
             ("server.max_body_bytes", s.max_body_bytes),
             ("server.max_json_depth", s.max_json_depth),
             ("sessions.max", raw.sessions.max),
+            ("sessions.max_per_principal", raw.sessions.max_per_principal),
             ("sessions.sse_buffer_events", raw.sessions.sse_buffer_events),
             ("sessions.page_size", raw.sessions.page_size),
         ];
@@ -967,6 +971,7 @@ impl Config {
                 origins,
                 session_idle_ttl: raw.sessions.idle_ttl,
                 max_sessions: raw.sessions.max,
+                max_sessions_per_principal: raw.sessions.max_per_principal,
                 keepalive: raw.sessions.sse_keepalive,
                 sse_retry: raw.sessions.sse_retry,
                 sse_buffer_events: raw.sessions.sse_buffer_events,
@@ -1033,6 +1038,18 @@ fn resolve_metrics(m: &MetricsSection, listen: SocketAddr) -> Result<Option<Metr
         ));
     }
     Ok(Some(MetricsSettings { path: m.path.clone(), token }))
+}
+
+/// Keys and token verdicts must come over TLS: `https://`, or `http://` to a loopback host only.
+fn secure_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let loopback_http = url.starts_with("http://") && url_host(url).is_some_and(is_loopback_host);
+    if url.starts_with("https://") || loopback_http {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{key} must be an https:// URL (http:// only to a loopback host), got {url:?}"
+        )))
+    }
 }
 
 /// `localhost`, `127.x.y.z` or `[::1]`.
@@ -1153,6 +1170,7 @@ fn resolve_auth(
             )));
         }
         let keys = if let Some(url) = &is.jwks_url {
+            secure_url(&format!("{at}: jwks_url"), url)?;
             let opts = JwksOptions {
                 max_age: is.jwks_max_age,
                 min_refetch: is.jwks_min_refetch,
@@ -1233,6 +1251,7 @@ fn resolve_auth(
         .with_revocations(revocations.clone());
     if let Some(is) = &a.introspection {
         let at = "auth.introspection";
+        secure_url(&format!("{at}: endpoint"), &is.endpoint)?;
         let secret = match (&is.client_secret_env, &is.client_secret_file) {
             (Some(var), None) => std::env::var(var)
                 .map_err(|_| ConfigError::Invalid(format!("{at}: environment variable {var} is not set")))?,
@@ -1482,6 +1501,10 @@ mod tests {
                 .contains("never accepted")
         );
         assert!(err(&format!("{base}algorithms = [\"RS256\"]\n")).contains("exactly one"));
+        assert!(
+            err(&format!("{base}algorithms = [\"RS256\"]\njwks_url = \"http://idp.example.com/jwks\"\n"))
+                .contains("must be an https:// URL")
+        );
         assert!(
             err(&format!("{base}algorithms = [\"HS256\"]\njwks_url = \"https://idp/jwks\"\n"))
                 .contains("shared secret")

@@ -97,7 +97,7 @@ pub async fn serve_http_until(
     grace: std::time::Duration,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let store = Arc::new(MemoryStore::new(http.max_sessions));
+    let store = Arc::new(MemoryStore::new(http.max_sessions).with_owner_limit(http.max_sessions_per_principal));
     portcullis_transport::serve(listener, engine, store, http, signal, grace).await
 }
 

@@ -75,6 +75,12 @@ impl Principal {
         }
     }
 
+    /// The identity a session is bound to, as one string (for counting sessions per owner).
+    pub fn owner_key(&self) -> String {
+        let o = |v: &Option<String>| v.clone().unwrap_or_default();
+        format!("{}\0{:?}\0{}\0{}\0{}", o(&self.issuer), self.method, o(&self.tenant), self.subject, o(&self.client_id))
+    }
+
     /// True when `other` is the same (issuer, authentication method, tenant, subject, client) —
     /// the identity a session is bound to (2025-11-25 security best practices §Session Hijacking).
     pub fn same_owner(&self, other: &Principal) -> bool {

@@ -146,6 +146,11 @@ impl Session {
         let _ = self.owner.set(principal);
     }
 
+    /// The principal the session is bound to, if any.
+    pub fn owner(&self) -> Option<&Principal> {
+        self.owner.get()
+    }
+
     /// True when `principal` may use this session: the same (tenant, subject, client) that
     /// created it. An unbound session (transports without authentication) admits anyone.
     pub fn admits(&self, principal: &Principal) -> bool {

@@ -51,6 +51,8 @@ pub struct HttpOptions {
     pub session_idle_ttl: Duration,
     /// Most sessions at once (Streamable HTTP and HTTP+SSE counted separately).
     pub max_sessions: usize,
+    /// Most Streamable HTTP sessions one principal may hold at once.
+    pub max_sessions_per_principal: usize,
     /// Interval of SSE `: keepalive` comments.
     pub keepalive: Duration,
     /// The SSE `retry:` hint.
@@ -151,6 +153,7 @@ impl Default for HttpOptions {
             origins: OriginPolicy::loopback(),
             session_idle_ttl: Duration::from_secs(30 * 60),
             max_sessions: 10_000,
+            max_sessions_per_principal: 100,
             keepalive: Duration::from_secs(15),
             sse_retry: Duration::from_secs(1),
             sse_buffer_events: 256,
@@ -384,7 +387,10 @@ impl App {
         if hs.session().negotiated().is_none() {
             return Ok(wire::single(answer, accept));
         }
-        self.store.insert(hs.clone()).map_err(|_| Rejection::TooManySessions)?;
+        self.store.insert(hs.clone()).map_err(|e| match e {
+            crate::store::StoreFull::Total => Rejection::TooManySessions,
+            crate::store::StoreFull::Owner => Rejection::TooManySessionsForPrincipal,
+        })?;
         trace.session = Some(hs.session().id_arc());
         Ok(wire::with_session(wire::single(answer, accept), hs.id()))
     }

@@ -16,9 +16,14 @@ use portcullis_engine::{Outlet, Session};
 
 use crate::sse::EventStream;
 
-/// The store is at its configured maximum number of sessions.
+/// The store refused a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreFull;
+pub enum StoreFull {
+    /// It holds its maximum number of sessions.
+    Total,
+    /// The session's owner holds its maximum number of sessions.
+    Owner,
+}
 
 /// Holds live sessions by id.
 pub trait SessionStore: Send + Sync + 'static {
@@ -148,6 +153,9 @@ pub struct MemoryStore {
     hasher: std::collections::hash_map::RandomState,
     count: AtomicUsize,
     max: usize,
+    /// Sessions per owner (`Principal::owner_key`), and the most one owner may hold.
+    per_owner: std::sync::Mutex<HashMap<String, usize>>,
+    max_per_owner: usize,
 }
 
 impl MemoryStore {
@@ -158,6 +166,36 @@ impl MemoryStore {
             hasher: std::collections::hash_map::RandomState::new(),
             count: AtomicUsize::new(0),
             max,
+            per_owner: std::sync::Mutex::default(),
+            max_per_owner: usize::MAX,
+        }
+    }
+
+    /// At most `n` sessions per owner (sessions without an owner are not counted).
+    #[must_use]
+    pub fn with_owner_limit(mut self, n: usize) -> Self {
+        self.max_per_owner = n.max(1);
+        self
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.per_owner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn release(&self, sessions: &[Arc<HttpSession>]) {
+        if self.max_per_owner == usize::MAX {
+            return;
+        }
+        let mut owners = self.owners();
+        for s in sessions {
+            if let Some(key) = s.session.owner().map(portcullis_engine::Principal::owner_key)
+                && let Some(n) = owners.get_mut(&key)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    owners.remove(&key);
+                }
+            }
         }
     }
 
@@ -170,7 +208,18 @@ impl SessionStore for MemoryStore {
     fn insert(&self, session: Arc<HttpSession>) -> Result<(), StoreFull> {
         if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.count.fetch_sub(1, Ordering::AcqRel);
-            return Err(StoreFull);
+            return Err(StoreFull::Total);
+        }
+        if self.max_per_owner != usize::MAX
+            && let Some(key) = session.session.owner().map(portcullis_engine::Principal::owner_key)
+        {
+            let mut owners = self.owners();
+            let n = owners.entry(key).or_insert(0);
+            if *n >= self.max_per_owner {
+                self.count.fetch_sub(1, Ordering::AcqRel);
+                return Err(StoreFull::Owner);
+            }
+            *n += 1;
         }
         let id = session.session.id_arc();
         write(self.shard(&id)).insert(id, session);
@@ -183,8 +232,9 @@ impl SessionStore for MemoryStore {
 
     fn remove(&self, id: &str) -> Option<Arc<HttpSession>> {
         let removed = write(self.shard(id)).remove(id);
-        if removed.is_some() {
+        if let Some(s) = &removed {
             self.count.fetch_sub(1, Ordering::AcqRel);
+            self.release(std::slice::from_ref(s));
         }
         removed
     }
@@ -207,6 +257,7 @@ impl SessionStore for MemoryStore {
             });
         }
         self.count.fetch_sub(out.len(), Ordering::AcqRel);
+        self.release(&out);
         out
     }
 
@@ -216,6 +267,7 @@ impl SessionStore for MemoryStore {
             out.extend(write(shard).drain().map(|(_, s)| s));
         }
         self.count.fetch_sub(out.len(), Ordering::AcqRel);
+        self.release(&out);
         out
     }
 }
@@ -229,6 +281,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sessions_per_owner_are_capped_and_released() {
+        use portcullis_engine::Principal;
+        let store = MemoryStore::new(100).with_owner_limit(2);
+        let owned = |sub: &str| {
+            let s = Arc::new(HttpSession::new(8));
+            s.session().bind_owner(Principal { subject: sub.into(), ..Principal::anonymous() });
+            s
+        };
+        let (a1, a2) = (owned("alice"), owned("alice"));
+        store.insert(a1.clone()).unwrap();
+        store.insert(a2).unwrap();
+        assert_eq!(store.insert(owned("alice")), Err(StoreFull::Owner));
+        store.insert(owned("bob")).unwrap();
+        store.remove(a1.id()).unwrap();
+        store.insert(owned("alice")).unwrap();
+        assert_eq!(store.insert(owned("alice")), Err(StoreFull::Owner));
+        store.drain();
+        store.insert(owned("alice")).unwrap();
+    }
+
+    #[test]
     fn bounded_insert_get_remove() {
         let store = MemoryStore::new(2);
         let a = Arc::new(HttpSession::new(8));
@@ -236,7 +309,7 @@ mod tests {
         let c = Arc::new(HttpSession::new(8));
         store.insert(a.clone()).unwrap();
         store.insert(b.clone()).unwrap();
-        assert_eq!(store.insert(c), Err(StoreFull));
+        assert_eq!(store.insert(c), Err(StoreFull::Total));
         assert_eq!(store.len(), 2);
         assert!(store.get(a.id()).is_some());
         assert!(store.remove(a.id()).is_some());

@@ -43,6 +43,9 @@ pub(crate) enum Rejection {
     InitializeInBatch,
     /// The session limit is reached: 503.
     TooManySessions,
+    /// This principal holds its maximum number of sessions: 429 (end one, or wait for one to
+    /// expire).
+    TooManySessionsForPrincipal,
     /// The method is not served on this path: 405.
     MethodNotAllowed(&'static str),
     /// No or bad credentials: 401 with a `WWW-Authenticate` challenge.
@@ -69,6 +72,7 @@ impl Rejection {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownSession => StatusCode::NOT_FOUND,
             Self::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManySessionsForPrincipal => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
@@ -120,6 +124,12 @@ impl Rejection {
             }
             Self::InitializeInBatch => (None, invalid("initialize must not be part of a batch".into())),
             Self::TooManySessions => (None, RpcError::internal("too many sessions; try again later")),
+            Self::TooManySessionsForPrincipal => (
+                None,
+                RpcError::invalid_request(
+                    "too many open sessions for this user: end one (DELETE) or wait for one to expire",
+                ),
+            ),
             Self::MethodNotAllowed(allow) => (None, invalid(format!("method not allowed here; allowed: {allow}"))),
             Self::Unauthorized { message, .. } => (None, invalid(format!("unauthorized: {message}"))),
             Self::AuthUnavailable => {
