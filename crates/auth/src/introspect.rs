@@ -2,8 +2,14 @@
 //! with client authentication (HTTP Basic). An answer is trusted until the earlier of the token's
 //! `exp` and the authenticator's cache TTL — so a token revoked at the provider stops working
 //! within that TTL (set `cache_ttl` to bound it; zero re-asks on every request).
+//!
+//! A flood of made-up tokens cannot hammer the authorization server: at most
+//! [`MAX_IN_FLIGHT`] introspections run at once (beyond that, callers get 503 after a short wait),
+//! and a token found inactive is refused without asking again for [`NEGATIVE_TTL`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_engine::{AuthMethod, Principal};
 use serde_json::Value;
@@ -20,7 +26,17 @@ pub struct Introspection {
     claims: ClaimMapping,
     client: reqwest::Client,
     timeout: Duration,
+    in_flight: tokio::sync::Semaphore,
+    /// SHA-256 of tokens found inactive, until when.
+    negative: Mutex<HashMap<[u8; 32], Instant>>,
 }
+
+/// Most introspection requests in flight at once.
+pub const MAX_IN_FLIGHT: usize = 32;
+/// How long a token found inactive is refused without asking again.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+/// Most remembered inactive tokens (the memory is cleared when full).
+const MAX_NEGATIVE: usize = 10_000;
 
 impl Introspection {
     /// An endpoint; `audiences` are the `aud` values accepted (the resource URL).
@@ -32,11 +48,48 @@ impl Introspection {
         claims: ClaimMapping,
         client: reqwest::Client,
     ) -> Self {
-        Self { endpoint, client_id, client_secret, audiences, claims, client, timeout: Duration::from_secs(5) }
+        Self {
+            endpoint,
+            client_id,
+            client_secret,
+            audiences,
+            claims,
+            client,
+            timeout: Duration::from_secs(5),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            negative: Mutex::default(),
+        }
     }
 
-    /// Asks the authorization server about `token`.
+    fn negative(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
+        self.negative.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks the authorization server about `token` (bounded, with a negative cache).
     pub async fn check(&self, token: &str) -> Result<Principal, JwtError> {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(d.as_ref());
+        if self.negative().get(&hash).is_some_and(|until| *until > Instant::now()) {
+            return Err(JwtError::Inactive);
+        }
+        let permit = tokio::time::timeout(self.timeout, self.in_flight.acquire())
+            .await
+            .map_err(|_| JwtError::Unavailable("too many token introspections in flight".into()))?
+            .map_err(|_| JwtError::Unavailable("token introspection is shut down".into()))?;
+        let result = self.ask(token).await;
+        drop(permit);
+        if matches!(result, Err(JwtError::Inactive)) {
+            let mut negative = self.negative();
+            if negative.len() >= MAX_NEGATIVE {
+                negative.clear();
+            }
+            negative.insert(hash, Instant::now() + NEGATIVE_TTL);
+        }
+        result
+    }
+
+    async fn ask(&self, token: &str) -> Result<Principal, JwtError> {
         let body = format!("token={}&token_type_hint=access_token", form_encode(token));
         let resp = self
             .client
@@ -120,6 +173,38 @@ fn form_encode(s: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn inactive_tokens_are_not_asked_about_twice() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let app = axum::Router::new().route(
+            "/introspect",
+            axum::routing::post(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(axum::Json(json!({ "active": false })))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/introspect", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let i = Introspection::new(
+            url,
+            "pc".into(),
+            "s".into(),
+            vec!["a".into()],
+            ClaimMapping::default(),
+            reqwest::Client::new(),
+        );
+        for _ in 0..5 {
+            assert_eq!(i.check("made-up-token").await, Err(JwtError::Inactive));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the negative cache answered the rest");
+        assert_eq!(i.check("another-made-up-token").await, Err(JwtError::Inactive));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn answers_are_checked() {
