@@ -293,6 +293,10 @@ pub struct AuditSection {
     pub redact: Vec<String>,
     /// Most events waiting to be written; beyond it calls are refused (never audited late).
     pub max_queue: usize,
+    /// Key file for the arguments' HMAC (32 random bytes, created on first use, owner-only):
+    /// the log then cannot be used to confirm guesses of redacted values. Keep it apart from the
+    /// log; `audit verify` does not need it.
+    pub hash_key_file: std::path::PathBuf,
 }
 
 /// `[audit] sink`.
@@ -331,6 +335,7 @@ impl Default for AuditSection {
             durability: AuditDurability::Durable,
             redact: d.redact,
             max_queue: d.max_queue,
+            hash_key_file: ".portcullis/audit-hash.key".into(),
         }
     }
 }
@@ -371,7 +376,7 @@ impl AuditSection {
                         ));
                     }
                 };
-                let place = url.rsplit_once('@').map_or(url.clone(), |(_, host)| format!("postgres://{host}"));
+                let place = portcullis_audit::store::postgres_place(&url);
                 (
                     Store::Postgres(Box::new(PostgresStore::connect(&url, &self.postgres_table, &place).map_err(bad)?)),
                     place,
@@ -390,6 +395,9 @@ impl AuditSection {
             },
             redact: self.redact.clone(),
             max_queue: self.max_queue.max(1),
+            hash_key: Some(secret_file(&self.hash_key_file).map_err(|e| {
+                ConfigError::Invalid(format!("audit.hash_key_file {}: {e}", self.hash_key_file.display()))
+            })?),
             ..portcullis_audit::AuditOptions::default()
         };
         portcullis_audit::AuditLog::start(store, opts, place)
@@ -1038,6 +1046,39 @@ fn resolve_metrics(m: &MetricsSection, listen: SocketAddr) -> Result<Option<Metr
         ));
     }
     Ok(Some(MetricsSettings { path: m.path.clone(), token }))
+}
+
+/// 32 random bytes kept in `path` (created owner-only on first use, concurrent first uses agree).
+fn secret_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    match std::fs::read(path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => return Err(std::io::Error::other("shorter than 32 bytes")),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    match opts.open(path) {
+        Ok(mut f) => {
+            f.write_all(&key)?;
+            f.sync_all()?;
+            Ok(key.to_vec())
+        }
+        // Another process created it first: use theirs once it is complete.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::fs::read(path)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Keys and token verdicts must come over TLS: `https://`, or `http://` to a loopback host only.

@@ -368,6 +368,14 @@ fn audit(action: AuditCommand) -> anyhow::Result<()> {
         }
     };
     let raw = load_raw(config.as_ref(), None)?;
+    let file_sink =
+        matches!(raw.audit.sink, portcullis::config::AuditSink::Sqlite | portcullis::config::AuditSink::Jsonl);
+    if file_sink && !raw.audit.path.exists() {
+        anyhow::bail!(
+            "there is no audit log at {} (check [audit] path and the working directory)",
+            raw.audit.path.display()
+        );
+    }
     let Some((mut store, place)) = raw.audit.open_store()? else {
         anyhow::bail!("auditing is off ([audit] sink = \"off\")")
     };
@@ -460,9 +468,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         portcullis::demo::register_team(&registry).context("registering the team demo tools")?;
     }
     if args.stdio {
-        // stdio: one local user; no audit trail or metrics listener.
+        // stdio: no listener for metrics; the configured audit trail stays, except on stdout,
+        // which belongs to the protocol.
         config.metrics = None;
-        config.audit.sink = portcullis::config::AuditSink::Off;
+        if args.config.is_none() {
+            // The embedded default under --stdio: every client window may spawn its own process,
+            // and they cannot share one audit writer. Audit stdio servers with a config file.
+            config.audit.sink = portcullis::config::AuditSink::Off;
+        } else if config.audit.sink == portcullis::config::AuditSink::Jsonl && config.audit.path.as_os_str() == "-" {
+            tracing::warn!("audit to stdout is off under --stdio: stdout carries the protocol");
+            config.audit.sink = portcullis::config::AuditSink::Off;
+        }
     }
     let portcullis::Assembled { engine, http, audit } = portcullis::assemble(registry, &config, "portcullis")?;
     config.http = http;

@@ -81,7 +81,7 @@ async fn the_seed_scenario_is_decided_and_every_step_is_audited_with_its_rule() 
         .await;
     assert_eq!(r.status(), 403);
     assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("cicd.trigger"));
-    // With it, allowed; secrets in arguments are redacted, their hash kept.
+    // With it, allowed.
     let ci2 = d.mint("ci", "mcp:tools cicd.trigger", &["cicd"]);
     let r = d
         .session_call(
@@ -102,7 +102,7 @@ async fn the_seed_scenario_is_decided_and_every_step_is_audited_with_its_rule() 
         (Some("allow"), Some("role:viewer"), Some("ok"))
     );
     assert_eq!(e["arguments"], json!({ "key": "OPS-42" }));
-    assert_eq!(e["arguments_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(e["arguments_hmac"].as_str().unwrap().len(), 64, "keyed: redacted values cannot be confirmed");
     let e = find(&all, "vera", "trigger_pipeline");
     assert_eq!(
         (e["kind"].as_str(), e["decision"].as_str(), e["rule"].as_str()),
@@ -120,6 +120,8 @@ async fn the_seed_scenario_is_decided_and_every_step_is_audited_with_its_rule() 
     // Metrics: the same events, with bounded labels (never a subject or an argument).
     let r = d.session_call(&viewer, "tools/call", json!({ "name": "no_such_tool_4711", "arguments": {} })).await;
     assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32602, "an unknown tool, recorded after a flush: {v}");
     let text = d.http.get(format!("{}/metrics", d.base)).send().await.unwrap().text().await.unwrap();
     for line in [
         r#"portcullis_calls_total{method="tools/call",tool="get_jira_issue",outcome="ok"} 1"#,

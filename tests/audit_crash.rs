@@ -25,10 +25,11 @@ async fn every_answered_call_has_its_record_after_kill_9() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[auth]\ndev_key = {:?}\nrevocation_db = {:?}\n[audit]\npath = {:?}\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[auth]\ndev_key = {:?}\nrevocation_db = {:?}\n[audit]\npath = {:?}\nhash_key_file = {:?}\n",
             path("key.p8"),
             path("rev.db"),
-            path("audit.db")
+            path("audit.db"),
+            path("audit-hash.key")
         ),
     )
     .unwrap();

@@ -45,6 +45,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut RawConfig)) -> Dev {
     raw.auth.dev_key = dir.join("key.p8");
     raw.auth.revocation_db = dir.join("rev.db");
     raw.audit.path = dir.join("audit.db");
+    raw.audit.hash_key_file = dir.join("audit-hash.key");
     tweak(&mut raw);
     let config = Config::resolve(raw).unwrap();
     let registry = Arc::new(Registry::new());

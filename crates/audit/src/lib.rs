@@ -45,7 +45,14 @@ pub struct AuditOptions {
     pub max_queue: usize,
     /// Most events per durable write.
     pub max_batch: usize,
+    /// Key for the arguments' hash: HMAC-SHA-256 (`arguments_hmac`) so a reader of the log
+    /// cannot confirm guesses of redacted values; without a key, plain SHA-256
+    /// (`arguments_sha256`).
+    pub hash_key: Option<Vec<u8>>,
 }
+
+/// Arguments larger than this (as JSON) are recorded by their hash only.
+pub const MAX_STORED_ARGUMENTS: usize = 16 * 1024;
 
 impl Default for AuditOptions {
     fn default() -> Self {
@@ -54,8 +61,9 @@ impl Default for AuditOptions {
             redact: ["*password*", "*secret*", "*token*", "authorization", "*api_key*", "*apikey*"]
                 .map(String::from)
                 .to_vec(),
-            max_queue: 100_000,
+            max_queue: 10_000,
             max_batch: 4096,
+            hash_key: None,
         }
     }
 }
@@ -82,7 +90,9 @@ struct Job {
 
 /// The audit log: a queue and its writer thread.
 pub struct AuditLog {
-    tx: mpsc::UnboundedSender<Job>,
+    /// `None` only while dropping.
+    tx: Option<mpsc::UnboundedSender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     opts: AuditOptions,
     stats: Arc<AuditStats>,
     /// Where, for messages.
@@ -92,6 +102,7 @@ pub struct AuditLog {
 impl AuditLog {
     /// Starts the writer over `store`; `place` names it in logs.
     pub fn start(mut store: Store, opts: AuditOptions, place: String) -> Result<Self, StoreError> {
+        store.lock_writer()?;
         if opts.durability == Durability::Async {
             store.relax()?;
         }
@@ -99,11 +110,15 @@ impl AuditLog {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(AuditStats::default());
         let writer = Writer { store, rx, tail, opts: opts.clone(), stats: stats.clone() };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| StoreError::new(&place, e))?;
-        Ok(Self { tx, opts, stats, place })
+        Ok(Self { tx: Some(tx), writer: Some(writer), opts, stats, place })
+    }
+
+    fn send(&self, job: Job) -> Result<(), ()> {
+        self.tx.as_ref().ok_or(())?.send(job).map_err(drop)
     }
 
     /// The counters.
@@ -121,7 +136,10 @@ impl AuditLog {
         let (done, rx) = oneshot::channel();
         let mut marker = AuditEvent::new("flush", None, "");
         marker.outcome = "flush".into();
-        if self.tx.send(Job { event: marker, done: Some(done) }).is_err() {
+        // Counted like any job: the writer subtracts every job it takes.
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if self.send(Job { event: marker, done: Some(done) }).is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(AuditUnavailable("the audit writer stopped".into()));
         }
         rx.await.unwrap_or_else(|_| Err(AuditUnavailable("the audit writer stopped".into())))
@@ -141,7 +159,7 @@ impl Auditor for AuditLog {
             (None, None)
         };
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Job { event, done }).is_err() {
+        if self.send(Job { event, done }).is_err() {
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             return Box::pin(std::future::ready(Err(AuditUnavailable("the audit writer stopped".into()))));
         }
@@ -150,6 +168,17 @@ impl Auditor for AuditLog {
             Some(rx) => Box::pin(async move {
                 rx.await.unwrap_or_else(|_| Err(AuditUnavailable("the audit writer stopped".into())))
             }),
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    /// Closes the queue and waits for the writer to write what is queued and let go of the store
+    /// (its writer lock too).
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
         }
     }
 }
@@ -188,6 +217,27 @@ impl Writer {
         }
     }
 
+    /// Appends a sealed batch. On failure the store is asked where its chain really ends: the
+    /// batch may have landed after all (an ambiguous commit), not at all (then one retry), or the
+    /// store moved (then the batch fails and the next one seals from the store's real tail, so
+    /// the chain never forks).
+    fn append(&mut self, records: &[Record], new_tail: &(u64, String)) -> Result<(), StoreError> {
+        let Err(first) = self.store.append(records) else { return Ok(()) };
+        tracing::error!(error = %first, "audit write failed; checking the store");
+        std::thread::sleep(Duration::from_millis(50));
+        self.store.recover();
+        match self.store.tail() {
+            Ok(t) if t == *new_tail => Ok(()),
+            Ok(t) if t == self.tail => self.store.append(records).inspect_err(|_| self.store.recover()),
+            Ok(t) => {
+                tracing::error!(seq = t.0, "the audit store's chain moved under this writer; continuing from it");
+                self.tail = t;
+                Err(first)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn write(&mut self, jobs: &mut Vec<Job>) {
         let mut tail = self.tail.clone();
         let mut records = Vec::with_capacity(jobs.len());
@@ -195,18 +245,12 @@ impl Writer {
             if job.event.kind == "flush" {
                 continue;
             }
-            let record = chain::seal(&tail, stored_json(&job.event, &self.opts.redact));
+            let record = chain::seal(&tail, stored_json(&job.event, &self.opts.redact, self.opts.hash_key.as_deref()));
             tail = (record.seq, record.hash.clone());
             records.push(record);
         }
         let started = Instant::now();
-        let mut result = if records.is_empty() { Ok(()) } else { self.store.append(&records) };
-        if let Err(e) = &result {
-            // One retry after a short pause (a busy database), then fail the batch.
-            tracing::error!(error = %e, "audit write failed; retrying once");
-            std::thread::sleep(Duration::from_millis(50));
-            result = self.store.append(&records);
-        }
+        let result = if records.is_empty() { Ok(()) } else { self.append(&records, &tail) };
         let n = jobs.len();
         self.stats.queued.fetch_sub(n, Ordering::Relaxed);
         let outcome = match result {
@@ -233,20 +277,31 @@ impl Writer {
 
 /// The event as stored: its fields, then the redacted arguments and the SHA-256 of the original
 /// arguments (their canonical JSON: keys sorted).
-fn stored_json(event: &AuditEvent, redact: &[String]) -> String {
+fn stored_json(event: &AuditEvent, redact: &[String], hash_key: Option<&[u8]>) -> String {
     let mut out = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
     if let Some(args) = &event.arguments
         && out.ends_with('}')
     {
         let original = serde_json::to_string(args).unwrap_or_default();
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, original.as_bytes());
-        let shown = if needs_redaction(args, redact) { redacted(args, redact).to_string() } else { original };
+        let (field, digest) = match hash_key {
+            Some(key) => {
+                let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+                ("arguments_hmac", chain::hex(aws_lc_rs::hmac::sign(&key, original.as_bytes()).as_ref()))
+            }
+            None => (
+                "arguments_sha256",
+                chain::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, original.as_bytes()).as_ref()),
+            ),
+        };
         out.pop();
-        out.push_str(",\"arguments\":");
-        out.push_str(&shown);
-        out.push_str(",\"arguments_sha256\":\"");
-        out.push_str(&chain::hex(digest.as_ref()));
-        out.push_str("\"}");
+        if original.len() > MAX_STORED_ARGUMENTS {
+            out.push_str(&format!(",\"arguments_omitted_bytes\":{}", original.len()));
+        } else {
+            let shown = if needs_redaction(args, redact) { redacted(args, redact).to_string() } else { original };
+            out.push_str(",\"arguments\":");
+            out.push_str(&shown);
+        }
+        out.push_str(&format!(",\"{field}\":\"{digest}\"}}"));
     }
     out
 }
@@ -321,8 +376,38 @@ mod tests {
         );
         let mut e = AuditEvent::new("call", None, "tools/call");
         e.arguments = Some(args);
-        let stored = stored_json(&e, &AuditOptions::default().redact);
+        let stored = stored_json(&e, &AuditOptions::default().redact, None);
         assert!(!stored.contains("\"p\"") && stored.contains("arguments_sha256"), "{stored}");
+        let keyed = stored_json(&e, &AuditOptions::default().redact, Some(b"k"));
+        assert!(keyed.contains("arguments_hmac") && !keyed.contains("arguments_sha256"), "{keyed}");
+        e.arguments = Some(json!({ "blob": "x".repeat(MAX_STORED_ARGUMENTS) }));
+        let big = stored_json(&e, &[], None);
+        assert!(big.contains("arguments_omitted_bytes") && big.len() < 1000, "{}", big.len());
+    }
+
+    #[tokio::test]
+    async fn a_torn_json_line_is_dropped_and_one_writer_holds_the_log() {
+        let dir = std::env::temp_dir().join(format!("portcullis-audit-jsonl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let open = || Store::Jsonl(JsonlStore::open(&path).unwrap());
+        let log = AuditLog::start(open(), AuditOptions::default(), "t".into()).unwrap();
+        for _ in 0..3 {
+            log.record(AuditEvent::new("call", None, "tools/call")).await.unwrap();
+        }
+        let second = AuditLog::start(open(), AuditOptions::default(), "t".into());
+        assert!(second.unwrap_err().to_string().contains("another process"), "one writer per log");
+        drop(log);
+        std::thread::sleep(Duration::from_millis(50));
+        // A crash mid-write leaves half a line (never acknowledged).
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, b"{\"seq\":4,\"prev_hash\":\"ab").unwrap();
+        let log = AuditLog::start(open(), AuditOptions::default(), "t".into()).unwrap();
+        log.record(AuditEvent::new("call", None, "tools/call")).await.unwrap();
+        drop(log);
+        assert_eq!(verify(&mut open(), &mut |_, _| {}).unwrap(), Ok(4));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

@@ -59,6 +59,45 @@ pub enum Store {
 }
 
 impl Store {
+    /// Makes this store's opener its only writer, for as long as it lives: a second writer would
+    /// fork the chain. SQLite and JSON lines: an exclusive lock on `<file>.lock`; PostgreSQL: an
+    /// advisory lock named after the table.
+    pub fn lock_writer(&mut self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.lock = Some(lock_file(&s.path, &s.place)?),
+            Self::Jsonl(s) => {
+                if let Some(path) = &s.path {
+                    s.lock = Some(lock_file(path, &s.place)?);
+                }
+            }
+            Self::Postgres(s) => {
+                s.take_lock()?;
+                s.writer = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed append: reconnect if the connection is gone (PostgreSQL). The caller then
+    /// re-reads the tail to learn whether the batch landed.
+    pub fn recover(&mut self) {
+        if let Self::Postgres(s) = self
+            && s.client.is_closed()
+        {
+            match postgres::Client::connect(&s.url, postgres::NoTls) {
+                Ok(c) => {
+                    s.client = c;
+                    if s.writer
+                        && let Err(e) = s.take_lock()
+                    {
+                        tracing::error!(error = %e, "audit store reconnected but cannot take the writer lock");
+                    }
+                }
+                Err(e) => tracing::error!(error = %err(&s.place, e), "audit store: reconnect failed"),
+            }
+        }
+    }
+
     /// For asynchronous durability: a commit no longer waits for the disk (SQLite
     /// `synchronous = NORMAL` in WAL mode, PostgreSQL `synchronous_commit = off`, JSON lines
     /// without `fdatasync`). Records survive a crash of this process once written, but the last
@@ -146,12 +185,42 @@ impl Store {
     }
 }
 
+/// Creates `path` readable only by its owner, if it does not exist.
+fn owner_only(path: &Path, place: &str) -> Result<(), StoreError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path).map(drop).map_err(|e| err(place, e))
+}
+
+/// An exclusive lock on `<path>.lock`, held while the returned file lives.
+fn lock_file(path: &Path, place: &str) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| err(place, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(err(place, "another process is writing this audit log (its .lock file is held)"))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(err(place, e)),
+    }
+}
+
 // === SQLite ===
 
 /// Records in a SQLite table `audit_log` (WAL, `synchronous = FULL`: a commit is on disk).
 pub struct SqliteStore {
     db: rusqlite::Connection,
     place: String,
+    path: PathBuf,
+    lock: Option<std::fs::File>,
 }
 
 impl SqliteStore {
@@ -161,6 +230,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(&place, e))?;
         }
+        owner_only(path, &place)?;
         let db = rusqlite::Connection::open(path).map_err(|e| err(&place, e))?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -173,7 +243,7 @@ impl SqliteStore {
              );",
         )
         .map_err(|e| err(&place, e))?;
-        Ok(Self { db, place })
+        Ok(Self { db, place, path: path.to_owned(), lock: None })
     }
 
     fn tail(&mut self) -> Result<(u64, String), StoreError> {
@@ -230,6 +300,9 @@ pub struct PostgresStore {
     client: postgres::Client,
     place: String,
     table: String,
+    url: String,
+    /// Holds the single-writer advisory lock.
+    writer: bool,
 }
 
 impl PostgresStore {
@@ -250,7 +323,22 @@ impl PostgresStore {
                  )"
             ))
             .map_err(|e| err(place, e))?;
-        Ok(Self { client, place: place.to_owned(), table: table.to_owned() })
+        Ok(Self { client, place: place.to_owned(), table: table.to_owned(), url: url.to_owned(), writer: false })
+    }
+
+    fn take_lock(&mut self) -> Result<(), StoreError> {
+        let row = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&format!("portcullis-audit:{}", self.table)])
+            .map_err(|e| err(&self.place, e))?;
+        if row.get::<_, bool>(0) {
+            Ok(())
+        } else {
+            Err(err(
+                &self.place,
+                format!("another process is writing the audit table {}; give each replica its own table", self.table),
+            ))
+        }
     }
 
     fn tail(&mut self) -> Result<(u64, String), StoreError> {
@@ -300,6 +388,27 @@ impl PostgresStore {
     }
 }
 
+/// A PostgreSQL connection string as host, port and database only: never user or password,
+/// whatever form it came in (URL with `?password=`, or `key=value` pairs).
+pub fn postgres_place(url: &str) -> String {
+    match url.parse::<postgres::Config>() {
+        Ok(c) => {
+            let host = c
+                .get_hosts()
+                .first()
+                .map(|h| match h {
+                    postgres::config::Host::Tcp(h) => h.clone(),
+                    #[cfg(unix)]
+                    postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .unwrap_or_default();
+            let port = c.get_ports().first().copied().unwrap_or(5432);
+            format!("postgres://{host}:{port}/{}", c.get_dbname().unwrap_or(""))
+        }
+        Err(_) => "postgres (unparsable connection string)".into(),
+    }
+}
+
 // === JSON lines ===
 
 /// One JSON object per line: `{"seq":…,"prev_hash":…,"hash":…,"event":{…}}`. To a file (each batch
@@ -308,6 +417,7 @@ pub struct JsonlStore {
     path: Option<PathBuf>,
     place: String,
     sync: bool,
+    lock: Option<std::fs::File>,
 }
 
 #[derive(serde::Deserialize)]
@@ -324,26 +434,39 @@ impl JsonlStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let place = path.display().to_string();
         if path.as_os_str() == "-" {
-            return Ok(Self { path: None, place: "stdout".into(), sync: false });
+            return Ok(Self { path: None, place: "stdout".into(), sync: false, lock: None });
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(&place, e))?;
         }
-        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| err(&place, e))?;
-        Ok(Self { path: Some(path.to_owned()), place, sync: true })
+        owner_only(path, &place)?;
+        Ok(Self { path: Some(path.to_owned()), place, sync: true, lock: None })
     }
 
     fn tail(&mut self) -> Result<(u64, String), StoreError> {
         let Some(path) = &self.path else { return Ok((0, GENESIS.to_owned())) };
-        // The last complete line: read the file's end (records are small).
-        let mut f = std::fs::File::open(path).map_err(|e| err(&self.place, e))?;
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| err(&self.place, e))?;
         let len = f.metadata().map_err(|e| err(&self.place, e))?.len();
+        // Records are bounded (arguments over the limit are kept as a hash only), so the last
+        // complete one lies within the final MiB.
         let start = len.saturating_sub(1 << 20);
         f.seek(std::io::SeekFrom::Start(start)).map_err(|e| err(&self.place, e))?;
-        let mut buf = String::new();
-        f.read_to_string(&mut buf).map_err(|e| err(&self.place, e))?;
-        let last = buf.lines().rev().find(|l| !l.trim().is_empty());
-        match last {
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(|e| err(&self.place, e))?;
+        // A last line without its newline was never acknowledged (torn by a crash): drop it.
+        if let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') {
+            if last_nl + 1 < buf.len() {
+                f.set_len(start + last_nl as u64 + 1).map_err(|e| err(&self.place, e))?;
+                buf.truncate(last_nl + 1);
+            }
+        } else if start == 0 {
+            f.set_len(0).map_err(|e| err(&self.place, e))?;
+            buf.clear();
+        }
+        // Skip a partial first line when reading from the middle of the file.
+        let from = if start > 0 { buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |i| i + 1) } else { 0 };
+        let text = std::str::from_utf8(&buf[from..]).map_err(|e| err(&self.place, e))?;
+        match text.lines().rev().find(|l| !l.trim().is_empty()) {
             None => Ok((0, GENESIS.to_owned())),
             Some(line) => {
                 let l: Line<'_> = serde_json::from_str(line)
@@ -371,8 +494,14 @@ impl JsonlStore {
             }
             Some(path) => {
                 let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| err(&self.place, e))?;
-                f.write_all(&out).map_err(|e| err(&self.place, e))?;
-                if self.sync { f.sync_data().map_err(|e| err(&self.place, e)) } else { Ok(()) }
+                let before = f.metadata().map_err(|e| err(&self.place, e))?.len();
+                let written = f.write_all(&out).and_then(|()| if self.sync { f.sync_data() } else { Ok(()) });
+                if let Err(e) = written {
+                    // Nothing half-written stays behind: the batch is either all there or gone.
+                    let _ = f.set_len(before);
+                    return Err(err(&self.place, e));
+                }
+                Ok(())
             }
         }
     }

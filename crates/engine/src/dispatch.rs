@@ -206,23 +206,51 @@ impl Engine {
     /// answers them as usual.
     pub fn admit(&self, session: &Session, principal: &Principal, req: &Request<'_>) -> Option<Admission> {
         let limiter = self.limiter.as_ref()?;
+        // The same required fields the dispatcher parses: if these do not parse, neither does
+        // the request, and `request` refuses it without running anything.
         #[derive(Deserialize)]
-        struct Named {
-            #[serde(default)]
-            name: Option<String>,
-            #[serde(default)]
-            uri: Option<String>,
+        struct Name {
+            name: String,
         }
-        let (kind, target) = match req.method.as_ref() {
-            "tools/call" => (Kind::Tool, parse::<Named>(req.params).ok()?.name?),
-            "prompts/get" => (Kind::Prompt, parse::<Named>(req.params).ok()?.name?),
-            "resources/read" => (Kind::Resource, parse::<Named>(req.params).ok()?.uri?),
+        #[derive(Deserialize)]
+        struct Uri {
+            uri: String,
+        }
+        let catalog = self.registry.snapshot();
+        let (kind, target, limited_as) = match req.method.as_ref() {
+            "tools/call" => {
+                let name = parse::<Name>(req.params).ok()?.name;
+                // Only registered targets are counted: unknown names answer as unknown, and
+                // client-chosen strings never become limiter keys.
+                catalog.tool(&name)?;
+                let decision = self.policy.decide(principal, Kind::Tool, &name);
+                (Kind::Tool, name.clone(), Some((decision, name)))
+            }
+            "prompts/get" => {
+                let name = parse::<Name>(req.params).ok()?.name;
+                catalog.prompt(&name)?;
+                let decision = self.policy.decide(principal, Kind::Prompt, &name);
+                (Kind::Prompt, name.clone(), Some((decision, name)))
+            }
+            "resources/read" => {
+                let uri = parse::<Uri>(req.params).ok()?.uri;
+                // Keyed and matched like the policy: the decoded URI, or the template serving it.
+                let template = catalog.match_template(&uri).map(|(t, _)| t.template.as_str().to_owned());
+                if catalog.resource(&uri).is_none() && template.is_none() {
+                    return None;
+                }
+                let decision = self.decide_resource(principal, &uri, template.as_deref());
+                let key =
+                    template.unwrap_or_else(|| crate::template::percent_decode(&uri).unwrap_or_else(|| uri.clone()));
+                (Kind::Resource, uri, Some((decision, key)))
+            }
             _ => return None,
         };
-        if !matches!(self.policy.decide(principal, kind, &target), Decision::Allow { .. }) {
+        let (decision, key) = limited_as?;
+        if !matches!(decision, Decision::Allow { .. }) {
             return None;
         }
-        let check = limiter.check(principal, kind, &target)?;
+        let check = limiter.check(principal, kind, &key)?;
         let id = req.id.clone();
         let mut event = AuditEvent::new("rate-limited", Some(principal), &req.method);
         event.request_id = Some(req.id.to_string());

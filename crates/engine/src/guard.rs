@@ -103,8 +103,20 @@ pub(crate) struct Verdict {
 }
 
 impl Guards {
+    /// The mode for `target`, also under its percent-decoded spelling (the strictest wins).
     fn mode(&self, target: &str) -> InjectionMode {
-        self.per_target.get(target).copied().unwrap_or(self.injection)
+        let rank = |m: InjectionMode| match m {
+            InjectionMode::Off => 0,
+            InjectionMode::Annotate => 1,
+            InjectionMode::Block => 2,
+        };
+        let decoded = crate::template::percent_decode(target);
+        [Some(target), decoded.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|t| self.per_target.get(t).copied())
+            .max_by_key(|m| rank(*m))
+            .unwrap_or(self.injection)
     }
 
     /// Checks a serialized result (`json`, an object). Annotation edits `json` in place.

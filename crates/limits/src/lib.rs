@@ -90,14 +90,14 @@ impl Rule {
         patterns.iter().any(|p| glob(p, target))
     }
 
-    /// The counter keys of each limit for this call, and their (emission interval, tolerance).
-    fn keys(&self, index: usize, p: &Principal, target: &str) -> Vec<(String, u64, u64)> {
+    /// The counter of each limit for this call: key, emission interval and tolerance (µs).
+    fn keys(self: &Arc<Self>, p: &Principal, target: &str) -> Vec<Key> {
         self.limits
             .iter()
             .enumerate()
             .map(|(i, l)| {
-                let mut key = format!("{}:{index}:{i}", self.name.len());
-                key.push_str(&self.name);
+                // By rule name, not position: replicas listing rules in another order still share.
+                let mut key = format!("{}:{}:{i}", self.name.len(), self.name);
                 for part in &l.per {
                     let v = match part {
                         KeyPart::Tenant => p.tenant.as_deref().unwrap_or(""),
@@ -110,26 +110,43 @@ impl Rule {
                 }
                 let window = l.window.as_micros().max(1) as u64;
                 let interval = (window / u64::from(l.max.max(1))).max(1);
-                (key, interval, window.saturating_sub(interval))
+                Key { key, interval, tolerance: window.saturating_sub(interval), rule: self.clone() }
             })
             .collect()
     }
 }
 
+/// One counter of one rule's limit.
+struct Key {
+    key: String,
+    /// Emission interval, µs.
+    interval: u64,
+    /// How far ahead of now the TAT may run, µs.
+    tolerance: u64,
+    rule: Arc<Rule>,
+}
+
 /// The limiter: local state, and the Redis connection when any rule needs it.
 pub struct Limiter {
     rules: Vec<Arc<Rule>>,
-    local: Mutex<Local>,
+    local: Arc<Local>,
     redis: Option<Arc<Redis>>,
 }
 
+/// In-process counters.
 struct Local {
     epoch: Instant,
-    /// Key → TAT in microseconds since `epoch`.
-    tat: HashMap<String, u64>,
+    state: Mutex<LocalState>,
 }
 
-/// Most local keys before expired ones are swept.
+struct LocalState {
+    /// Key → TAT in microseconds since `epoch`.
+    tat: HashMap<String, u64>,
+    /// When expired keys were last swept (µs since `epoch`).
+    swept: u64,
+}
+
+/// Most local keys before expired ones are swept (at most once a second).
 const LOCAL_SWEEP_AT: usize = 100_000;
 
 struct Redis {
@@ -140,26 +157,30 @@ struct Redis {
 }
 
 /// Checks every key and counts the call against all of them only if all allow; otherwise the
-/// longest wait, in microseconds. KEYS: the counters; ARGV: interval and tolerance per key.
+/// longest wait (µs) and the 1-based index of its key. KEYS: the counters; ARGV: interval and
+/// tolerance per key, in µs. Time is Redis's own, so every replica agrees.
 const GCRA_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tats = {}
 local wait = 0
+local worst = 0
 for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
   local tolerance = tonumber(ARGV[2 * i])
   local tat = tonumber(redis.call('GET', key) or now)
   if tat < now then tat = now end
   tats[i] = tat
-  if tat - now > tolerance and tat - now - tolerance > wait then wait = tat - now - tolerance end
+  if tat - now - tolerance > wait then
+    wait = tat - now - tolerance
+    worst = i
+  end
 end
-if wait > 0 then return {0, math.ceil(wait)} end
+if wait > 0 then return {0, math.ceil(wait), worst} end
 for i, key in ipairs(KEYS) do
   local next_tat = tats[i] + tonumber(ARGV[2 * i - 1])
   redis.call('SET', key, string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
 end
-return {1, 0}
+return {1, 0, 0}
 ";
 
 impl Limiter {
@@ -181,11 +202,8 @@ impl Limiter {
                 return Err(format!("rate limit {:?}: every limit needs max > 0 and a window > 0", r.name));
             }
         }
-        Ok(Self {
-            rules: rules.into_iter().map(Arc::new).collect(),
-            local: Mutex::new(Local { epoch: Instant::now(), tat: HashMap::new() }),
-            redis,
-        })
+        let local = Local { epoch: Instant::now(), state: Mutex::new(LocalState { tat: HashMap::new(), swept: 0 }) };
+        Ok(Self { rules: rules.into_iter().map(Arc::new).collect(), local: Arc::new(local), redis })
     }
 
     /// Connects to Redis now (if any rule uses it), so a wrong address shows at startup.
@@ -198,27 +216,38 @@ impl Limiter {
             }
         }
     }
+}
 
-    fn check_local(&self, keys: &[(String, u64, u64)]) -> Result<(), Duration> {
-        let mut local = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = local.epoch.elapsed().as_micros() as u64;
-        if local.tat.len() > LOCAL_SWEEP_AT {
-            local.tat.retain(|_, tat| *tat > now);
+impl Local {
+    /// Checks every key; counts the call against all of them only when all allow and `commit`.
+    /// A refusal names the rule with the longest wait.
+    fn check(&self, keys: &[Key], commit: bool) -> Result<(), Limited> {
+        if keys.is_empty() {
+            return Ok(());
         }
-        let mut wait = 0;
-        let tats: Vec<u64> = keys
-            .iter()
-            .map(|(key, _, tolerance)| {
-                let tat = local.tat.get(key).copied().unwrap_or(now).max(now);
-                wait = wait.max((tat - now).saturating_sub(*tolerance));
-                tat
-            })
-            .collect();
-        if wait > 0 {
-            return Err(Duration::from_micros(wait));
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.tat.len() > LOCAL_SWEEP_AT && now.saturating_sub(state.swept) > 1_000_000 {
+            state.tat.retain(|_, tat| *tat > now);
+            state.swept = now;
         }
-        for ((key, interval, _), tat) in keys.iter().zip(tats) {
-            local.tat.insert(key.clone(), tat + interval);
+        let mut worst: Option<(u64, &Key)> = None;
+        let mut tats = Vec::with_capacity(keys.len());
+        for k in keys {
+            let tat = state.tat.get(&k.key).copied().unwrap_or(now).max(now);
+            let wait = (tat - now).saturating_sub(k.tolerance);
+            if wait > 0 && worst.is_none_or(|(w, _)| wait > w) {
+                worst = Some((wait, k));
+            }
+            tats.push(tat);
+        }
+        if let Some((wait, k)) = worst {
+            return Err(Limited { rule: format!("rate:{}", k.rule.name), retry_after: Duration::from_micros(wait) });
+        }
+        if commit {
+            for (k, tat) in keys.iter().zip(tats) {
+                state.tat.insert(k.key.clone(), tat + k.interval);
+            }
         }
         Ok(())
     }
@@ -237,14 +266,20 @@ impl Redis {
             .map_err(|e| e.to_string())
     }
 
-    async fn check(&self, keys: &[(String, u64, u64)]) -> Result<Result<(), Duration>, String> {
+    /// One script over every key: all counted, or none. `Err((worst key index, wait))`.
+    async fn check(&self, keys: &[Key]) -> Result<Result<(), (usize, Duration)>, String> {
         let mut conn = self.conn().await?;
         let mut invocation = self.script.prepare_invoke();
-        for (key, interval, tolerance) in keys {
-            invocation.key(format!("{}{key}", self.prefix)).arg(*interval).arg(*tolerance);
+        for k in keys {
+            invocation.key(format!("{}{}", self.prefix, k.key)).arg(k.interval).arg(k.tolerance);
         }
-        let (allowed, wait): (i64, i64) = invocation.invoke_async(&mut conn).await.map_err(|e| e.to_string())?;
-        Ok(if allowed == 1 { Ok(()) } else { Err(Duration::from_micros(wait.max(1) as u64)) })
+        let (allowed, wait, worst): (i64, i64, i64) =
+            invocation.invoke_async(&mut conn).await.map_err(|e| e.to_string())?;
+        Ok(if allowed == 1 {
+            Ok(())
+        } else {
+            Err(((worst.max(1) - 1) as usize, Duration::from_micros(wait.max(1) as u64)))
+        })
     }
 }
 
@@ -255,45 +290,45 @@ impl RateLimiter for Limiter {
         kind: Kind,
         target: &str,
     ) -> Option<BoxFuture<'static, Result<(), Limited>>> {
+        let mut local = Vec::new();
         let mut remote = Vec::new();
-        let mut covered = false;
-        for (index, rule) in self.rules.iter().enumerate() {
-            if !rule.covers(kind, target) {
-                continue;
-            }
-            covered = true;
-            let keys = rule.keys(index, principal, target);
+        for rule in self.rules.iter().filter(|r| r.covers(kind, target)) {
             match rule.backend {
-                Backend::Local => {
-                    if let Err(wait) = self.check_local(&keys) {
-                        let limited = Limited { rule: format!("rate:{}", rule.name), retry_after: wait };
-                        return Some(Box::pin(std::future::ready(Err(limited))));
-                    }
-                }
-                Backend::Redis => remote.push((rule.clone(), keys)),
+                Backend::Local => local.extend(rule.keys(principal, target)),
+                Backend::Redis => remote.extend(rule.keys(principal, target)),
             }
         }
-        if !covered {
+        if local.is_empty() && remote.is_empty() {
             return None;
         }
-        let redis = self.redis.clone();
+        // Nothing is counted unless every rule allows: local rules are checked without counting,
+        // then the Redis rules in one atomic script, then the local ones are counted.
+        if let Err(limited) = self.local.check(&local, remote.is_empty()) {
+            return Some(Box::pin(std::future::ready(Err(limited))));
+        }
+        let Some(redis) = self.redis.clone().filter(|_| !remote.is_empty()) else {
+            return Some(Box::pin(std::future::ready(Ok(()))));
+        };
+        let state = self.local.clone();
         Some(Box::pin(async move {
-            for (rule, keys) in remote {
-                let Some(redis) = &redis else { continue };
-                match redis.check(&keys).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(wait)) => return Err(Limited { rule: format!("rate:{}", rule.name), retry_after: wait }),
-                    Err(e) if rule.on_error == OnError::Allow => {
-                        tracing::warn!(rule = %rule.name, error = %e, "rate limit store unavailable: allowing (on_error = allow)");
-                    }
-                    Err(e) => {
-                        tracing::error!(rule = %rule.name, error = %e, "rate limit store unavailable: refusing (on_error = deny)");
-                        let rule = format!("rate:{} (store unavailable)", rule.name);
-                        return Err(Limited { rule, retry_after: Duration::from_secs(1) });
-                    }
+            match redis.check(&remote).await {
+                Ok(Ok(())) => {}
+                Ok(Err((worst, wait))) => {
+                    let rule = remote.get(worst).map_or_else(String::new, |k| format!("rate:{}", k.rule.name));
+                    return Err(Limited { rule, retry_after: wait });
+                }
+                Err(e) if remote.iter().all(|k| k.rule.on_error == OnError::Allow) => {
+                    tracing::warn!(error = %e, "rate limit store unavailable: allowing (on_error = allow)");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "rate limit store unavailable: refusing (on_error = deny)");
+                    let name =
+                        remote.iter().find(|k| k.rule.on_error == OnError::Deny).map_or("", |k| k.rule.name.as_str());
+                    let rule = format!("rate:{name} (store unavailable)");
+                    return Err(Limited { rule, retry_after: Duration::from_secs(1) });
                 }
             }
-            Ok(())
+            state.check(&local, true)
         }))
     }
 }
@@ -357,6 +392,24 @@ mod tests {
         assert_eq!(allowed(&l, &who("a"), "trigger_x").await, Some(false), "per-subject limit");
         assert_eq!(allowed(&l, &who("b"), "trigger_x").await, Some(true), "the global limit still had one");
         assert_eq!(allowed(&l, &who("c"), "trigger_x").await, Some(false), "global limit reached");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_by_one_rule_counts_against_no_other() {
+        let mut per_tool = rule(1, Duration::from_secs(60), vec![KeyPart::Subject]);
+        per_tool.name = "per-tool".into();
+        let mut tenant = rule(3, Duration::from_secs(60), vec![KeyPart::Tenant]);
+        tenant.name = "per-tenant".into();
+        let l = Limiter::new(vec![per_tool, tenant], None).unwrap();
+        assert_eq!(allowed(&l, &who("a"), "trigger_x").await, Some(true));
+        for _ in 0..5 {
+            let refused = l.check(&who("a"), Kind::Tool, "trigger_x").unwrap().await.unwrap_err();
+            assert_eq!(refused.rule, "rate:per-tool");
+        }
+        // The tenant-wide limit still has 2 of its 3 calls: a's refusals did not use them.
+        assert_eq!(allowed(&l, &who("b"), "trigger_x").await, Some(true));
+        assert_eq!(allowed(&l, &who("c"), "trigger_x").await, Some(true));
+        assert_eq!(allowed(&l, &who("d"), "trigger_x").await, Some(false));
     }
 
     #[tokio::test]
