@@ -714,7 +714,8 @@ pub struct SessionsSection {
     pub idle_ttl: Duration,
     /// Most concurrent sessions (default 10000).
     pub max: usize,
-    /// Most concurrent sessions of one principal (default 100); beyond it `initialize` gets 429.
+    /// Most concurrent sessions of one authenticated principal (default 1000); beyond it `initialize`
+    /// gets 429. Anonymous sessions (authentication off) are not counted per principal.
     pub max_per_principal: usize,
     /// Interval of SSE keep-alive comments (default `15s`).
     #[serde(deserialize_with = "duration")]
@@ -842,7 +843,7 @@ impl Default for SessionsSection {
         Self {
             idle_ttl: Duration::from_secs(30 * 60),
             max: 10_000,
-            max_per_principal: 100,
+            max_per_principal: 1000,
             sse_keepalive: Duration::from_secs(15),
             sse_retry: Duration::from_secs(1),
             sse_buffer_events: 256,

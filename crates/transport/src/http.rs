@@ -153,7 +153,7 @@ impl Default for HttpOptions {
             origins: OriginPolicy::loopback(),
             session_idle_ttl: Duration::from_secs(30 * 60),
             max_sessions: 10_000,
-            max_sessions_per_principal: 100,
+            max_sessions_per_principal: 1000,
             keepalive: Duration::from_secs(15),
             sse_retry: Duration::from_secs(1),
             sse_buffer_events: 256,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use portcullis_engine::{Outlet, Session};
+use portcullis_engine::{AuthMethod, Outlet, Principal, Session};
 
 use crate::sse::EventStream;
 
@@ -188,7 +188,7 @@ impl MemoryStore {
         }
         let mut owners = self.owners();
         for s in sessions {
-            if let Some(key) = s.session.owner().map(portcullis_engine::Principal::owner_key)
+            if let Some(key) = s.session.owner().filter(|o| o.method != AuthMethod::Anonymous).map(Principal::owner_key)
                 && let Some(n) = owners.get_mut(&key)
             {
                 *n -= 1;
@@ -211,7 +211,8 @@ impl SessionStore for MemoryStore {
             return Err(StoreFull::Total);
         }
         if self.max_per_owner != usize::MAX
-            && let Some(key) = session.session.owner().map(portcullis_engine::Principal::owner_key)
+            && let Some(key) =
+                session.session.owner().filter(|o| o.method != AuthMethod::Anonymous).map(Principal::owner_key)
         {
             let mut owners = self.owners();
             let n = owners.entry(key).or_insert(0);
@@ -282,11 +283,14 @@ mod tests {
 
     #[test]
     fn sessions_per_owner_are_capped_and_released() {
-        use portcullis_engine::Principal;
         let store = MemoryStore::new(100).with_owner_limit(2);
         let owned = |sub: &str| {
             let s = Arc::new(HttpSession::new(8));
-            s.session().bind_owner(Principal { subject: sub.into(), ..Principal::anonymous() });
+            s.session().bind_owner(Principal {
+                subject: sub.into(),
+                method: AuthMethod::Jwt,
+                ..Principal::anonymous()
+            });
             s
         };
         let (a1, a2) = (owned("alice"), owned("alice"));
@@ -299,6 +303,12 @@ mod tests {
         assert_eq!(store.insert(owned("alice")), Err(StoreFull::Owner));
         store.drain();
         store.insert(owned("alice")).unwrap();
+        // Without authentication everyone is the same anonymous principal: not capped per owner.
+        for _ in 0..5 {
+            let s = Arc::new(HttpSession::new(8));
+            s.session().bind_owner(Principal::anonymous());
+            store.insert(s).unwrap();
+        }
     }
 
     #[test]
