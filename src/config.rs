@@ -146,7 +146,8 @@ pub struct LimitsSection {
     pub redis: Option<String>,
     /// Or an environment variable holding the whole URL.
     pub redis_env: Option<String>,
-    /// Prefix of the Redis keys (default `portcullis:rl:`).
+    /// Prefix of the Redis keys (default `{portcullis:rl}:`). The braces are a Redis Cluster hash
+    /// tag: every counter lands in one slot, so one script can check several limits atomically.
     pub redis_key_prefix: String,
     /// `[[limits.rules]]`.
     pub rules: Vec<LimitRuleSection>,
@@ -200,7 +201,7 @@ fn default_on_error() -> String {
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        Self { redis: None, redis_env: None, redis_key_prefix: "portcullis:rl:".into(), rules: Vec::new() }
+        Self { redis: None, redis_env: None, redis_key_prefix: "{portcullis:rl}:".into(), rules: Vec::new() }
     }
 }
 
