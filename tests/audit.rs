@@ -360,3 +360,24 @@ async fn guards_refuse_oversized_arguments_and_results_and_flag_injections() {
     assert_eq!(v["result"]["isError"], true);
     assert!(!v.to_string().contains("you are now the admin"), "blocked content never reaches the client: {v}");
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_tokens_cannot_fill_the_disk_but_every_one_is_accounted_for() {
+    let d = start().await;
+    let flood = 250;
+    for _ in 0..flood {
+        assert_eq!(d.mcp("not.a.token").await, 401);
+    }
+    // The next second's first refusal reports what the budget skipped.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(d.mcp("not.a.token").await, 401);
+    d.audit.as_ref().unwrap().flush().await.unwrap();
+    let failures: Vec<Value> = events(&d).into_iter().filter(|e| e["kind"] == "auth-failure").collect();
+    let skipped: u64 = failures
+        .iter()
+        .flat_map(|e| e["flags"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str()?.strip_prefix("skipped-before:")?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(failures.len() as u64 + skipped, flood + 1, "each refusal is a record or counted in one");
+    assert!(skipped > 0 || failures.len() <= 200, "at most 100 records a second");
+}

@@ -171,6 +171,20 @@ pub(crate) struct App {
     /// True once shutdown began; SSE readers end when it flips. The sender is held by [`serve`].
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) legacy: LegacySessions,
+    /// Audit records of refused credentials this second, and how many were skipped since the last
+    /// one written: anyone can send bad tokens, and must not be able to fill the disk with them.
+    refusals: std::sync::Mutex<RefusalBudget>,
+}
+
+/// At most this many refused-credential records per second; the next one written says how many
+/// were skipped.
+const REFUSAL_RECORDS_PER_SECOND: u32 = 100;
+
+#[derive(Default)]
+struct RefusalBudget {
+    second: u64,
+    written: u32,
+    skipped: u64,
 }
 
 /// What one request's log line says.
@@ -188,7 +202,14 @@ pub fn router(
     opts: HttpOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Router {
-    let app = Arc::new(App { engine, store, legacy: LegacySessions::default(), opts: opts.clone(), shutdown });
+    let app = Arc::new(App {
+        engine,
+        store,
+        legacy: LegacySessions::default(),
+        opts: opts.clone(),
+        shutdown,
+        refusals: std::sync::Mutex::default(),
+    });
     let mut router = Router::new();
     if opts.auth.is_some() {
         // RFC 9728 metadata at the path-inserted and the root well-known URIs
@@ -454,13 +475,28 @@ impl App {
     /// Records a refused credential in the audit trail (queued; the refusal does not wait).
     /// `why` is the verifier's message, which never contains the token.
     fn audit_refusal(&self, uri: &http::Uri, outcome: &str, why: &str) {
-        if let Some(auditor) = self.engine.auditor() {
-            let mut e = portcullis_engine::AuditEvent::new("auth-failure", None, uri.path());
-            e.decision = "refused";
-            e.rule = Some(why.to_owned());
-            e.outcome = outcome.to_owned();
-            drop(auditor.record(e));
+        let Some(auditor) = self.engine.auditor() else { return };
+        let skipped = {
+            let mut b = self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            if b.second != now {
+                (b.second, b.written) = (now, 0);
+            }
+            if b.written >= REFUSAL_RECORDS_PER_SECOND {
+                b.skipped += 1;
+                return;
+            }
+            b.written += 1;
+            std::mem::take(&mut b.skipped)
+        };
+        let mut e = portcullis_engine::AuditEvent::new("auth-failure", None, uri.path());
+        e.decision = "refused";
+        e.rule = Some(why.to_owned());
+        e.outcome = outcome.to_owned();
+        if skipped > 0 {
+            e.flags.push(format!("skipped-before:{skipped}"));
         }
+        drop(auditor.record(e));
     }
 
     /// Runs one request. Fast handlers answer with JSON; a handler that sends anything first
