@@ -386,20 +386,9 @@ async fn attack_a_revoked_jti_is_refused_on_the_very_next_request() {
     let dir = std::env::temp_dir().join(format!("portcullis-revoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("revocations.db");
-    let server_side = Arc::new(portcullis_auth::Revocations::open(&db).unwrap());
     let keys = key_server(&["rsa-a"]).await;
-    let issuer = rs256_issuer(jwks_for(&keys.url, Duration::from_secs(30)), vec![AUD.into()]).unwrap();
-    // A long cache TTL: revocation must still bite on cached tokens.
-    let verifier = Authenticator::new(vec![issuer], Duration::from_secs(600), 100).with_revocations(server_side);
-    let s = start_with(move |o| {
-        o.auth = Some(HttpAuth {
-            verifier: Arc::new(verifier),
-            resource: AUD.into(),
-            authorization_servers: vec![],
-            scopes_supported: vec![],
-        });
-    })
-    .await;
+    // secured_with caches verified tokens for 10 minutes: revocation must still bite on them.
+    let s = secured_with(Arc::new(portcullis_auth::Revocations::open(&db).unwrap()), &keys).await;
     let token = sign(RSA_A, "rsa-a", &claims("alice", AUD));
     let r = init_with(&s, &token).await;
     assert_eq!(r.status(), 200);
@@ -470,6 +459,7 @@ fn redis_revocations(key: &str) -> Arc<portcullis_auth::Revocations> {
     Arc::new(portcullis_auth::Revocations::redis("redis://127.0.0.1:6379/0", key).unwrap())
 }
 
+/// A server trusting the test JWKS, caching verified tokens for 10 minutes, checking `revocations`.
 async fn secured_with(revocations: Arc<portcullis_auth::Revocations>, keys: &KeyServer) -> Server {
     let issuer = rs256_issuer(jwks_for(&keys.url, Duration::from_secs(30)), vec![AUD.into()]).unwrap();
     let verifier = Authenticator::new(vec![issuer], Duration::from_secs(600), 100).with_revocations(revocations);
