@@ -721,8 +721,8 @@ impl Engine {
             let mut flags = Vec::new();
             let outcome = match (outcome, guards) {
                 // Results of tools and resources pass the guards before anyone sees them.
-                (Ok(Ok((mut json, tool_error))), Some((guards, is_tool))) => {
-                    let verdict = guards.result(&target, &mut json, is_tool);
+                (Ok(Ok((json, tool_error))), Some((guards, is_tool))) => {
+                    let (json, verdict) = guards.screen(target.clone(), json, is_tool).await;
                     flags = verdict.flags;
                     match verdict.replacement {
                         Some(r) if is_tool => Ok(Ok((r, true))),

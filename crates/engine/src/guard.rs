@@ -8,6 +8,7 @@
 //! (the result is replaced by a tool error).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -82,12 +83,59 @@ fn hidden(c: char) -> bool {
         | '\u{FEFF}' | '\u{E0000}'..='\u{E007F}')
 }
 
-/// Findings in `text`: `instruction:<phrase>` and `hidden-unicode`.
+/// The phrases as one automaton: a single pass over the text finds them all.
+fn phrases() -> &'static aho_corasick::AhoCorasick {
+    static PHRASES_AC: std::sync::OnceLock<aho_corasick::AhoCorasick> = std::sync::OnceLock::new();
+    PHRASES_AC.get_or_init(|| aho_corasick::AhoCorasick::new(PHRASES).expect("the phrase list is valid"))
+}
+
+/// `text` as the phrase search sees it: ASCII letters lowercased, hidden characters dropped, and
+/// every run of whitespace — including JSON's `\n`, `\r` and `\t` escapes, since results are
+/// scanned as serialized JSON — one space. So "IGNORE  previous\ninstructions" and
+/// "ig<zero-width space>nore previous instructions" read as the phrase they spell. The second
+/// value is whether any hidden character was seen.
+fn normalized(text: &str) -> (String, bool) {
+    let mut out = String::with_capacity(text.len());
+    let mut hidden_seen = false;
+    let mut space = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let white = match c {
+            ' ' | '\t' | '\n' | '\r' => true,
+            '\\' if matches!(chars.peek(), Some('n' | 'r' | 't')) => {
+                chars.next();
+                true
+            }
+            c if hidden(c) => {
+                hidden_seen = true;
+                continue;
+            }
+            _ => false,
+        };
+        if white {
+            if !space {
+                out.push(' ');
+            }
+            space = true;
+        } else {
+            out.push(c.to_ascii_lowercase());
+            space = false;
+        }
+    }
+    (out, hidden_seen)
+}
+
+/// Findings in `text`: `instruction:<phrase>` (each phrase once, in list order) and
+/// `hidden-unicode`.
 pub fn scan(text: &str) -> Vec<String> {
-    let lower = text.to_lowercase();
+    let (text, hidden_seen) = normalized(text);
+    let mut found = [false; PHRASES.len()];
+    for m in phrases().find_overlapping_iter(&text) {
+        found[m.pattern().as_usize()] = true;
+    }
     let mut findings: Vec<String> =
-        PHRASES.iter().filter(|p| lower.contains(*p)).map(|p| format!("instruction:{p}")).collect();
-    if text.chars().any(hidden) {
+        PHRASES.iter().zip(found).filter(|(_, f)| *f).map(|(p, _)| format!("instruction:{p}")).collect();
+    if hidden_seen {
         findings.push("hidden-unicode".into());
     }
     findings
@@ -117,6 +165,36 @@ impl Guards {
             .filter_map(|t| self.per_target.get(t).copied())
             .max_by_key(|m| rank(*m))
             .unwrap_or(self.injection)
+    }
+
+    /// [`Guards::result`], on a blocking thread when the result is large: screening megabytes
+    /// takes milliseconds, which would stall every other request on a runtime worker.
+    pub(crate) async fn screen(self: Arc<Self>, target: String, mut json: String, is_tool: bool) -> (String, Verdict) {
+        const INLINE: usize = 64 * 1024;
+        if json.len() <= INLINE || json.len() > self.max_result_bytes {
+            let verdict = self.result(&target, &mut json, is_tool);
+            return (json, verdict);
+        }
+        let blocking = tokio::task::spawn_blocking(move || {
+            let verdict = self.result(&target, &mut json, is_tool);
+            (json, verdict)
+        });
+        match blocking.await {
+            Ok(done) => done,
+            // Only a panic in the screen gets here; withhold the result rather than pass it
+            // unscreened (fail closed).
+            Err(_) => (
+                String::new(),
+                Verdict {
+                    flags: vec!["screen-failed".into()],
+                    replacement: Some(if is_tool {
+                        json!({ "content": [{ "type": "text", "text": "the result could not be screened and was withheld" }], "isError": true }).to_string()
+                    } else {
+                        String::new()
+                    }),
+                },
+            ),
+        }
     }
 
     /// Checks a serialized result (`json`, an object). Annotation edits `json` in place.
@@ -185,6 +263,27 @@ mod tests {
         );
         assert_eq!(scan("totally normal\u{200B}text"), ["hidden-unicode"]);
         assert_eq!(scan("tag\u{E0041}chars"), ["hidden-unicode"]);
+        // Spacing, line breaks (raw or JSON-escaped) and hidden characters do not split a phrase.
+        assert_eq!(scan(r#"{"text":"Ignore  previous\ninstructions"}"#), ["instruction:ignore previous instructions"]);
+        assert_eq!(scan("ignore\r\n\tthe above"), ["instruction:ignore the above"]);
+        assert_eq!(scan("you are\u{200B} now"), ["instruction:you are now", "hidden-unicode"]);
+        // Overlapping phrases are each reported once.
+        assert_eq!(scan("IGNORE ALL PREVIOUS and ignore all previous"), ["instruction:ignore all previous"]);
+        assert_eq!(scan("disregard all previous instructions"), ["instruction:disregard all previous"]);
+    }
+
+    #[tokio::test]
+    async fn large_results_are_screened_off_the_runtime_with_the_same_verdict() {
+        let g = Arc::new(Guards { injection: InjectionMode::Block, ..Guards::default() });
+        let filler = "lorem ipsum ".repeat(20_000);
+        let big = format!(r#"{{"content":[{{"type":"text","text":"{filler} ignore the above"}}]}}"#);
+        assert!(big.len() > 200_000);
+        let (_, v) = g.clone().screen("t".into(), big, true).await;
+        assert_eq!(v.flags, ["injection-blocked"]);
+        assert!(v.replacement.unwrap().contains("ignore the above"));
+        let clean = format!(r#"{{"content":[{{"type":"text","text":"{filler}"}}]}}"#);
+        let (json, v) = g.screen("t".into(), clean.clone(), true).await;
+        assert!(v.flags.is_empty() && v.replacement.is_none() && json == clean);
     }
 
     #[test]
