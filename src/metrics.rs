@@ -110,23 +110,30 @@ impl Default for Metrics {
     }
 }
 
+/// What one event adds to the metrics, worked out before the event goes to the audit log (which
+/// takes it) and added once the log has answered.
+pub struct Observation {
+    auth_failure: bool,
+    rate_limited: Option<String>,
+    denied: Option<String>,
+    call: Option<CallLabels>,
+    /// Seconds, for the latency histogram (calls only).
+    latency: Option<f64>,
+}
+
 impl Metrics {
-    /// Counts one event.
-    pub fn observe(&self, e: &AuditEvent, engine: Option<&Engine>) {
-        match e.kind {
-            "auth-failure" => {
-                self.auth_failures.inc();
-            }
-            "rate-limited" => {
-                self.rate_limited.get_or_create(&RuleLabels { rule: e.rule.clone().unwrap_or_default() }).inc();
-            }
-            "denial" => {
-                self.denials.get_or_create(&RuleLabels { rule: e.rule.clone().unwrap_or_default() }).inc();
-            }
-            _ => {}
-        }
+    /// The labels `e` counts under.
+    pub fn observation(e: &AuditEvent, engine: Option<&Engine>) -> Observation {
+        let rule = || e.rule.clone().unwrap_or_default();
+        let mut o = Observation {
+            auth_failure: e.kind == "auth-failure",
+            rate_limited: (e.kind == "rate-limited").then(rule),
+            denied: (e.kind == "denial").then(rule),
+            call: None,
+            latency: None,
+        };
         if !matches!(e.kind, "call" | "denial") {
-            return;
+            return o;
         }
         let method = match e.method.as_str() {
             m @ ("tools/call" | "resources/read" | "prompts/get") => m,
@@ -154,9 +161,33 @@ impl Metrics {
             _ => "other".to_owned(),
         };
         let outcome = if e.decision == "step-up" { "step-up".to_owned() } else { outcome };
-        self.calls.get_or_create(&CallLabels { method: method.to_owned(), tool, outcome }).inc();
+        o.call = Some(CallLabels { method: method.to_owned(), tool, outcome });
         if e.kind == "call" {
-            self.latency.get_or_create(&MethodLabels { method: method.to_owned() }).observe(e.latency_us as f64 / 1e6);
+            o.latency = Some(e.latency_us as f64 / 1e6);
+        }
+        o
+    }
+
+    /// Adds `o`. When the audit write failed (`audited` false) the caller got an error instead
+    /// of its result: such a call counts with the outcome `withheld`, whatever it produced.
+    pub fn count(&self, o: Observation, audited: bool) {
+        if o.auth_failure {
+            self.auth_failures.inc();
+        }
+        if let Some(rule) = o.rate_limited {
+            self.rate_limited.get_or_create(&RuleLabels { rule }).inc();
+        }
+        if let Some(rule) = o.denied {
+            self.denials.get_or_create(&RuleLabels { rule }).inc();
+        }
+        if let Some(mut call) = o.call {
+            if !audited {
+                call.outcome = "withheld".to_owned();
+            }
+            if let Some(seconds) = o.latency {
+                self.latency.get_or_create(&MethodLabels { method: call.method.clone() }).observe(seconds);
+            }
+            self.calls.get_or_create(&call).inc();
         }
     }
 }
@@ -172,12 +203,25 @@ pub struct Observed {
 }
 
 impl Auditor for Observed {
+    /// Counts the event once the audit log has answered, so that the metrics tell what the
+    /// client got: a call whose record could not be written counts as `withheld`.
     fn record(&self, event: AuditEvent) -> BoxFuture<'static, Result<(), AuditUnavailable>> {
         let engine = self.engine.get().and_then(std::sync::Weak::upgrade);
-        self.metrics.observe(&event, engine.as_deref());
+        let observation = Metrics::observation(&event, engine.as_deref());
         match &self.inner {
-            Some(a) => a.record(event),
-            None => Box::pin(std::future::ready(Ok(()))),
+            Some(a) => {
+                let written = a.record(event);
+                let metrics = self.metrics.clone();
+                Box::pin(async move {
+                    let result = written.await;
+                    metrics.count(observation, result.is_ok());
+                    result
+                })
+            }
+            None => {
+                self.metrics.count(observation, true);
+                Box::pin(std::future::ready(Ok(())))
+            }
         }
     }
 }
@@ -235,4 +279,41 @@ async fn scrape(State(s): State<Arc<Scrape>>, headers: HeaderMap) -> Response {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     ([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Unavailable;
+
+    impl Auditor for Unavailable {
+        fn record(&self, _: AuditEvent) -> BoxFuture<'static, Result<(), AuditUnavailable>> {
+            Box::pin(std::future::ready(Err(AuditUnavailable("disk full".into()))))
+        }
+    }
+
+    fn text(m: &Metrics) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_call_counts_as_the_client_saw_it_after_the_audit_write() {
+        let mut call = AuditEvent::new("call", None, "resources/read");
+        call.outcome = "ok".into();
+        let observed = |inner: Option<Arc<dyn Auditor>>| Observed {
+            metrics: Arc::new(Metrics::default()),
+            inner,
+            engine: std::sync::OnceLock::new(),
+        };
+        let unaudited = observed(None);
+        unaudited.record(call.clone()).await.unwrap();
+        assert!(text(&unaudited.metrics).contains(r#"outcome="ok""#), "{}", text(&unaudited.metrics));
+        let failing = observed(Some(Arc::new(Unavailable)));
+        assert!(failing.record(call).await.is_err());
+        let t = text(&failing.metrics);
+        assert!(t.contains(r#"outcome="withheld""#) && !t.contains(r#"outcome="ok""#), "{t}");
+    }
 }
