@@ -248,9 +248,7 @@ impl LimitsSection {
             }
             rules.push(Rule {
                 name: r.name.clone(),
-                tools: r.tools.clone(),
-                resources: r.resources.clone(),
-                prompts: r.prompts.clone(),
+                targets: targets(&r.tools, &r.resources, &r.prompts),
                 limits,
                 backend,
                 on_error,
@@ -443,6 +441,15 @@ pub struct PolicyTargets {
     pub prompts: Vec<String>,
 }
 
+/// The engine's form of a config section's `tools`, `resources` and `prompts` lists.
+fn targets(tools: &[String], resources: &[String], prompts: &[String]) -> portcullis_engine::policy::Targets {
+    portcullis_engine::policy::Targets {
+        tools: tools.to_vec(),
+        resources: resources.to_vec(),
+        prompts: prompts.to_vec(),
+    }
+}
+
 impl Default for PolicySection {
     fn default() -> Self {
         let all = vec!["*".to_owned()];
@@ -463,22 +470,12 @@ impl PolicySection {
         let roles = self
             .roles
             .iter()
-            .map(|r| Role {
-                name: r.name.clone(),
-                tools: r.tools.clone(),
-                resources: r.resources.clone(),
-                prompts: r.prompts.clone(),
-            })
+            .map(|r| Role { name: r.name.clone(), targets: targets(&r.tools, &r.resources, &r.prompts) })
             .collect();
         let tenants = self
             .tenants
             .iter()
-            .map(|t| Tenant {
-                name: t.name.clone(),
-                tools: t.tools.clone(),
-                resources: t.resources.clone(),
-                prompts: t.prompts.clone(),
-            })
+            .map(|t| Tenant { name: t.name.clone(), targets: targets(&t.tools, &t.resources, &t.prompts) })
             .collect();
         let mut scopes = Vec::new();
         for (kind, map) in [

@@ -77,11 +77,10 @@ impl Decision {
     }
 }
 
-/// A role: what its members may reach.
+/// Target patterns of each kind (`*` any run of characters, `?` one): what a role grants, a
+/// tenant claims or a rate limit covers.
 #[derive(Debug, Clone, Default)]
-pub struct Role {
-    /// The role name as it appears in tokens; `*` applies to every principal.
-    pub name: String,
+pub struct Targets {
     /// Tool name patterns.
     pub tools: Vec<String>,
     /// Resource URI (and URI template) patterns.
@@ -90,17 +89,34 @@ pub struct Role {
     pub prompts: Vec<String>,
 }
 
+impl Targets {
+    /// True when some pattern for `kind` matches `target`.
+    pub fn covers(&self, kind: Kind, target: &str) -> bool {
+        let patterns = match kind {
+            Kind::Tool => &self.tools,
+            Kind::Resource => &self.resources,
+            Kind::Prompt => &self.prompts,
+        };
+        patterns.iter().any(|p| glob(p, target))
+    }
+}
+
+/// A role: what its members may reach.
+#[derive(Debug, Clone, Default)]
+pub struct Role {
+    /// The role name as it appears in tokens; `*` applies to every principal.
+    pub name: String,
+    /// What the role allows.
+    pub targets: Targets,
+}
+
 /// A tenant: the targets only its principals see.
 #[derive(Debug, Clone, Default)]
 pub struct Tenant {
     /// The tenant id as it appears in tokens.
     pub name: String,
-    /// Tool name patterns.
-    pub tools: Vec<String>,
-    /// Resource URI patterns.
-    pub resources: Vec<String>,
-    /// Prompt name patterns.
-    pub prompts: Vec<String>,
+    /// What only this tenant's principals see.
+    pub targets: Targets,
 }
 
 /// Scopes a set of targets requires.
@@ -153,13 +169,14 @@ impl Policy {
             return Decision::Allow { rule: Arc::from("open") };
         }
         for (rule, t) in &self.tenants {
-            if patterns(t, kind).iter().any(|p| glob(p, target)) && principal.tenant.as_deref() != Some(&t.name) {
+            if t.targets.covers(kind, target) && principal.tenant.as_deref() != Some(&t.name) {
                 return Decision::Hide { rule: rule.clone(), reason: "belongs to another tenant" };
             }
         }
-        let grant = self.roles.iter().find(|(_, r)| {
-            (r.name == "*" || principal.roles.contains(&r.name)) && patterns(r, kind).iter().any(|p| glob(p, target))
-        });
+        let grant = self
+            .roles
+            .iter()
+            .find(|(_, r)| (r.name == "*" || principal.roles.contains(&r.name)) && r.targets.covers(kind, target));
         let Some((grant, _)) = grant else {
             return Decision::Hide { rule: Arc::from("default-deny"), reason: "no role of the caller allows it" };
         };
@@ -182,44 +199,6 @@ impl Policy {
             Some(rule) => Decision::StepUp { rule: rule.clone(), scopes: required },
             None => Decision::Allow { rule: grant.clone() },
         }
-    }
-}
-
-trait Patterns {
-    fn tools(&self) -> &[String];
-    fn resources(&self) -> &[String];
-    fn prompts(&self) -> &[String];
-}
-
-impl Patterns for Role {
-    fn tools(&self) -> &[String] {
-        &self.tools
-    }
-    fn resources(&self) -> &[String] {
-        &self.resources
-    }
-    fn prompts(&self) -> &[String] {
-        &self.prompts
-    }
-}
-
-impl Patterns for Tenant {
-    fn tools(&self) -> &[String] {
-        &self.tools
-    }
-    fn resources(&self) -> &[String] {
-        &self.resources
-    }
-    fn prompts(&self) -> &[String] {
-        &self.prompts
-    }
-}
-
-fn patterns(p: &impl Patterns, kind: Kind) -> &[String] {
-    match kind {
-        Kind::Tool => p.tools(),
-        Kind::Resource => p.resources(),
-        Kind::Prompt => p.prompts(),
     }
 }
 
@@ -268,20 +247,25 @@ mod tests {
 
     /// The seed S001 team: viewer, developer and cicd roles with the seed's scope map.
     fn team() -> Policy {
-        let role = |name: &str, tools: &[&str]| Role { name: name.into(), tools: strings(tools), ..Role::default() };
+        let role = |name: &str, tools: &[&str]| Role {
+            name: name.into(),
+            targets: Targets { tools: strings(tools), ..Targets::default() },
+        };
         let scope = |tool: &str, s: &str| ScopeRule { kind: Kind::Tool, pattern: tool.into(), scopes: strings(&[s]) };
         Policy::new(
             vec![
                 role("viewer", &["get_jira_issue", "query_database"]),
                 role("developer", &["get_jira_issue", "create_jira_issue", "query_database"]),
                 role("cicd", &["trigger_pipeline", "get_jira_issue"]),
-                Role { name: "*".into(), resources: strings(&["docs://*"]), ..Role::default() },
+                Role { name: "*".into(), targets: Targets { resources: strings(&["docs://*"]), ..Targets::default() } },
             ],
             vec![Tenant {
                 name: "acme".into(),
-                tools: strings(&["acme_*"]),
-                resources: strings(&["acme://*"]),
-                ..Tenant::default()
+                targets: Targets {
+                    tools: strings(&["acme_*"]),
+                    resources: strings(&["acme://*"]),
+                    ..Targets::default()
+                },
             }],
             vec![
                 scope("get_jira_issue", "jira.read"),
@@ -334,7 +318,7 @@ mod tests {
     fn allow_all_and_union_of_scopes() {
         assert!(Policy::allow_all().decide(&Principal::anonymous(), Kind::Tool, "x").visible());
         let p = Policy::new(
-            vec![Role { name: "*".into(), tools: strings(&["*"]), ..Role::default() }],
+            vec![Role { name: "*".into(), targets: Targets { tools: strings(&["*"]), ..Targets::default() } }],
             vec![],
             vec![
                 ScopeRule { kind: Kind::Tool, pattern: "*".into(), scopes: strings(&["mcp:tools"]) },

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portcullis_engine::policy::{Kind, glob};
+use portcullis_engine::policy::{Kind, Targets};
 use portcullis_engine::{BoxFuture, Limited, Principal, RateLimiter};
 
 /// What a limit counts separately.
@@ -66,12 +66,8 @@ pub enum OnError {
 pub struct Rule {
     /// The rule's name (audit and errors say `rate:<name>`).
     pub name: String,
-    /// Tool name patterns.
-    pub tools: Vec<String>,
-    /// Resource URI patterns.
-    pub resources: Vec<String>,
-    /// Prompt name patterns.
-    pub prompts: Vec<String>,
+    /// What the rule covers.
+    pub targets: Targets,
     /// The limits; all must allow.
     pub limits: Vec<Limit>,
     /// Where the counters live.
@@ -81,15 +77,6 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn covers(&self, kind: Kind, target: &str) -> bool {
-        let patterns = match kind {
-            Kind::Tool => &self.tools,
-            Kind::Resource => &self.resources,
-            Kind::Prompt => &self.prompts,
-        };
-        patterns.iter().any(|p| glob(p, target))
-    }
-
     /// The counter of each limit for this call: key, emission interval and tolerance (µs).
     fn keys(self: &Arc<Self>, p: &Principal, target: &str) -> Vec<Key> {
         self.limits
@@ -292,7 +279,7 @@ impl RateLimiter for Limiter {
     ) -> Option<BoxFuture<'static, Result<(), Limited>>> {
         let mut local = Vec::new();
         let mut remote = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.covers(kind, target)) {
+        for rule in self.rules.iter().filter(|r| r.targets.covers(kind, target)) {
             match rule.backend {
                 Backend::Local => local.extend(rule.keys(principal, target)),
                 Backend::Redis => remote.extend(rule.keys(principal, target)),
@@ -346,9 +333,7 @@ mod tests {
     fn rule(max: u32, window: Duration, per: Vec<KeyPart>) -> Rule {
         Rule {
             name: "t".into(),
-            tools: vec!["trigger_*".into()],
-            resources: vec![],
-            prompts: vec![],
+            targets: Targets { tools: vec!["trigger_*".into()], ..Targets::default() },
             limits: vec![Limit { per, max, window }],
             backend: Backend::Local,
             on_error: OnError::Deny,
