@@ -227,6 +227,8 @@ impl SqliteList {
 
 impl RedisList {
     async fn conn(&self) -> Result<redis::aio::ConnectionManager, RevocationError> {
+        // Timeouts and retries as in `portcullis_limits`' Redis rules: change both together. Neither crate
+        // depends on the other, and the engine, their one shared crate, stays free of redis.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))

@@ -242,6 +242,8 @@ impl Local {
 
 impl Redis {
     async fn conn(&self) -> Result<redis::aio::ConnectionManager, String> {
+        // Timeouts and retries as in `portcullis_auth`'s revocation list: change both together. Neither crate
+        // depends on the other, and the engine, their one shared crate, stays free of redis.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
