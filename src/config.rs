@@ -254,16 +254,7 @@ impl LimitsSection {
                 on_error,
             });
         }
-        let url = match (&self.redis, &self.redis_env) {
-            (None, None) => None,
-            (Some(u), None) => Some(u.clone()),
-            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
-                ConfigError::Invalid(format!("limits.redis_env: environment variable {var} is not set"))
-            })?),
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid("set one of limits.redis and limits.redis_env, not both".into()));
-            }
-        };
+        let url = url_or_env("limits.redis", self.redis.as_deref(), self.redis_env.as_deref(), None)?;
         let limiter = Limiter::new(rules, url.as_deref().map(|u| (u, self.redis_key_prefix.as_str())))
             .map_err(|e| ConfigError::Invalid(format!("limits: {e}")))?;
         Ok(Some(Arc::new(limiter)))
@@ -353,27 +344,22 @@ impl AuditSection {
                 (Store::Jsonl(JsonlStore::open(&self.path).map_err(bad)?), self.path.display().to_string())
             }
             AuditSink::Postgres => {
-                let url = match (&self.postgres_url, &self.postgres_url_env) {
-                    (Some(u), None) => {
-                        let userinfo = u.split_once("://").and_then(|(_, r)| r.split('/').next()).unwrap_or("");
-                        if userinfo.split('@').count() > 1
-                            && userinfo.split('@').next().is_some_and(|x| x.contains(':'))
-                        {
-                            return Err(ConfigError::Invalid(
-                                "audit.postgres_url must not hold a password; name an environment variable in audit.postgres_url_env".into(),
-                            ));
-                        }
-                        u.clone()
-                    }
-                    (None, Some(var)) => std::env::var(var).map_err(|_| {
-                        ConfigError::Invalid(format!("audit.postgres_url_env: environment variable {var} is not set"))
-                    })?,
-                    _ => {
-                        return Err(ConfigError::Invalid(
-                            "audit.sink = \"postgres\" needs exactly one of audit.postgres_url, audit.postgres_url_env"
-                                .into(),
-                        ));
-                    }
+                // Both or neither: one message for either mistake.
+                let url = if self.postgres_url.is_some() != self.postgres_url_env.is_some() {
+                    url_or_env(
+                        "audit.postgres_url",
+                        self.postgres_url.as_deref(),
+                        self.postgres_url_env.as_deref(),
+                        Some("name an environment variable in audit.postgres_url_env"),
+                    )?
+                } else {
+                    None
+                };
+                let Some(url) = url else {
+                    return Err(ConfigError::Invalid(
+                        "audit.sink = \"postgres\" needs exactly one of audit.postgres_url, audit.postgres_url_env"
+                            .into(),
+                    ));
                 };
                 let place = portcullis_audit::store::postgres_place(&url);
                 (
@@ -1364,25 +1350,14 @@ impl RawConfig {
 /// The revocation store `[auth]` names: Redis when `revocation_redis[_env]` is set, else the
 /// SQLite file.
 pub fn revocation_store(a: &AuthSection) -> Result<Revocations, ConfigError> {
-    let url = match (&a.revocation_redis, &a.revocation_redis_env) {
-        (None, None) => return open_revocations(&a.revocation_db),
-        (Some(url), None) => {
-            let userinfo = url.split_once("://").and_then(|(_, rest)| rest.split('/').next()).unwrap_or("");
-            if userinfo.contains('@') && userinfo.split('@').next().is_some_and(|u| u.contains(':')) {
-                return Err(ConfigError::Invalid(
-                    "auth.revocation_redis must not hold a password; put the whole URL in an environment variable named by auth.revocation_redis_env".into(),
-                ));
-            }
-            url.clone()
-        }
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
-            ConfigError::Invalid(format!("auth.revocation_redis_env: environment variable {var} is not set"))
-        })?,
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::Invalid(
-                "set one of auth.revocation_redis and auth.revocation_redis_env, not both".into(),
-            ));
-        }
+    let Some(url) = url_or_env(
+        "auth.revocation_redis",
+        a.revocation_redis.as_deref(),
+        a.revocation_redis_env.as_deref(),
+        Some("put the whole URL in an environment variable named by auth.revocation_redis_env"),
+    )?
+    else {
+        return open_revocations(&a.revocation_db);
     };
     Revocations::redis(&url, &a.revocation_redis_key)
         .map_err(|e| ConfigError::Invalid(format!("auth.revocation_redis: {e}")))
@@ -1395,6 +1370,38 @@ pub fn open_revocations(path: &std::path::Path) -> Result<Revocations, ConfigErr
             .map_err(|e| ConfigError::Invalid(format!("auth.revocation_db: cannot create {}: {e}", dir.display())))?;
     }
     portcullis_auth::Revocations::open(path).map_err(|e| ConfigError::Invalid(format!("auth.revocation_db: {e}")))
+}
+
+/// A URL written in the file under `key`, or read from the environment variable named under
+/// `{key}_env`; `None` when neither is set, an error when both are.
+///
+/// With `password_advice`, an inline URL holding a password is refused: "`key` must not hold a
+/// password; `password_advice`".
+fn url_or_env(
+    key: &str,
+    url: Option<&str>,
+    env: Option<&str>,
+    password_advice: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    match (url, env) {
+        (None, None) => Ok(None),
+        (Some(url), None) => match password_advice {
+            Some(advice) if has_password(url) => {
+                Err(ConfigError::Invalid(format!("{key} must not hold a password; {advice}")))
+            }
+            _ => Ok(Some(url.to_owned())),
+        },
+        (None, Some(var)) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid(format!("{key}_env: environment variable {var} is not set"))),
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!("set one of {key} and {key}_env, not both"))),
+    }
+}
+
+/// True when `url`'s authority has a password (`scheme://user:secret@host`).
+fn has_password(url: &str) -> bool {
+    let userinfo = url.split_once("://").and_then(|(_, rest)| rest.split('/').next()).unwrap_or("");
+    userinfo.contains('@') && userinfo.split('@').next().is_some_and(|u| u.contains(':'))
 }
 
 fn secret_key(secret: &[u8], at: &str) -> Result<jsonwebtoken::DecodingKey, ConfigError> {
@@ -1584,6 +1591,21 @@ mod tests {
         let e = err("[auth]\nclient_secret = \"hunter2-very-secret\"\n");
         assert!(e.contains("line 2") && e.contains("client_secret"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn urls_come_inline_or_from_the_environment_never_with_an_inline_password() {
+        let e = |r: Result<Option<String>, ConfigError>| r.expect_err("an error").to_string();
+        let advice = Some("use k_env");
+        assert_eq!(url_or_env("k", None, None, advice).ok(), Some(None));
+        let plain = "redis://user@host:6379/0";
+        assert_eq!(url_or_env("k", Some(plain), None, advice).ok(), Some(Some(plain.to_owned())));
+        let secret = "redis://user:hunter2@host:6379/0";
+        assert!(e(url_or_env("k", Some(secret), None, advice)).ends_with("k must not hold a password; use k_env"));
+        assert_eq!(url_or_env("k", Some(secret), None, None).ok(), Some(Some(secret.to_owned())));
+        let unset = e(url_or_env("k", None, Some("PORTCULLIS_TEST_UNSET_VAR"), advice));
+        assert!(unset.ends_with("k_env: environment variable PORTCULLIS_TEST_UNSET_VAR is not set"), "{unset}");
+        assert!(e(url_or_env("k", Some(plain), Some("V"), advice)).ends_with("set one of k and k_env, not both"));
     }
 
     #[test]
