@@ -4,15 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::{BIN, serve};
 use portcullis_audit::{Filter, SqliteStore, Store};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answered_call_has_its_record_after_kill_9() {
@@ -33,7 +34,7 @@ async fn every_answered_call_has_its_record_after_kill_9() {
         ),
     )
     .unwrap();
-    let mut server = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).stderr(Stdio::null()).spawn().unwrap();
+    let mut server = serve(&cfg);
     let url = format!("http://127.0.0.1:{port}/mcp");
     let http = reqwest::Client::new();
     for _ in 0..100 {
@@ -81,8 +82,8 @@ async fn every_answered_call_has_its_record_after_kill_9() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    server.kill().unwrap(); // SIGKILL: no shutdown, no flush
-    server.wait().unwrap();
+    server.0.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    server.0.wait().unwrap();
     for c in clients {
         c.await.unwrap();
     }

@@ -4,21 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
+use common::process::{BIN, serve};
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn cli(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -45,7 +37,7 @@ async fn minted_tokens_work_and_broken_ones_do_not() {
     )
     .unwrap();
     let cfg = cfg.display().to_string();
-    let _server = Kill(Command::new(BIN).args(["serve", "--config", &cfg]).stderr(Stdio::null()).spawn().unwrap());
+    let _server = serve(&cfg);
     let url = format!("http://127.0.0.1:{port}/mcp");
     let c = reqwest::Client::new();
     let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",

@@ -3,21 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
+use common::process::serve;
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn session(http: &reqwest::Client, url: &str) -> String {
     let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize",
@@ -58,8 +49,7 @@ async fn two_processes_share_one_limit() {
             ),
         )
         .unwrap();
-        servers
-            .push(Kill(Command::new(BIN).args(["serve", "--config"]).arg(&cfg).stderr(Stdio::null()).spawn().unwrap()));
+        servers.push(serve(&cfg));
         urls.push(format!("http://127.0.0.1:{port}/mcp"));
     }
     let http = reqwest::Client::new();
