@@ -203,13 +203,15 @@ pub struct Observed {
 }
 
 impl Auditor for Observed {
-    /// Counts the event once the audit log has answered, so that the metrics tell what the
-    /// client got: a call whose record could not be written counts as `withheld`.
+    /// Counts a call once the audit log has answered, so that the metrics tell what the client
+    /// got: a call whose record could not be written counts as `withheld`. Other events
+    /// (denials, step-ups, refusals) count at once: the client gets its refusal either way, and
+    /// their record's future may be dropped unawaited.
     fn record(&self, event: AuditEvent) -> BoxFuture<'static, Result<(), AuditUnavailable>> {
         let engine = self.engine.get().and_then(std::sync::Weak::upgrade);
         let observation = Metrics::observation(&event, engine.as_deref());
         match &self.inner {
-            Some(a) => {
+            Some(a) if event.kind == "call" => {
                 let written = a.record(event);
                 let metrics = self.metrics.clone();
                 Box::pin(async move {
@@ -218,9 +220,12 @@ impl Auditor for Observed {
                     result
                 })
             }
-            None => {
+            inner => {
                 self.metrics.count(observation, true);
-                Box::pin(std::future::ready(Ok(())))
+                match inner {
+                    Some(a) => a.record(event),
+                    None => Box::pin(std::future::ready(Ok(()))),
+                }
             }
         }
     }
