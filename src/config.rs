@@ -254,7 +254,12 @@ impl LimitsSection {
                 on_error,
             });
         }
-        let url = url_or_env("limits.redis", self.redis.as_deref(), self.redis_env.as_deref(), None)?;
+        let url = url_or_env(
+            "limits.redis",
+            self.redis.as_deref(),
+            self.redis_env.as_deref(),
+            "put the whole URL in an environment variable named by limits.redis_env",
+        )?;
         let limiter = Limiter::new(rules, url.as_deref().map(|u| (u, self.redis_key_prefix.as_str())))
             .map_err(|e| ConfigError::Invalid(format!("limits: {e}")))?;
         Ok(Some(Arc::new(limiter)))
@@ -350,7 +355,7 @@ impl AuditSection {
                         "audit.postgres_url",
                         self.postgres_url.as_deref(),
                         self.postgres_url_env.as_deref(),
-                        Some("name an environment variable in audit.postgres_url_env"),
+                        "name an environment variable in audit.postgres_url_env",
                     )?
                 } else {
                     None
@@ -1354,7 +1359,7 @@ pub fn revocation_store(a: &AuthSection) -> Result<Revocations, ConfigError> {
         "auth.revocation_redis",
         a.revocation_redis.as_deref(),
         a.revocation_redis_env.as_deref(),
-        Some("put the whole URL in an environment variable named by auth.revocation_redis_env"),
+        "put the whole URL in an environment variable named by auth.revocation_redis_env",
     )?
     else {
         return open_revocations(&a.revocation_db);
@@ -1375,22 +1380,20 @@ pub fn open_revocations(path: &std::path::Path) -> Result<Revocations, ConfigErr
 /// A URL written in the file under `key`, or read from the environment variable named under
 /// `{key}_env`; `None` when neither is set, an error when both are.
 ///
-/// With `password_advice`, an inline URL holding a password is refused: "`key` must not hold a
-/// password; `password_advice`".
+/// A URL written inline with a password is refused — configuration files get copied, committed
+/// and pasted into tickets: "`key` must not hold a password; `password_advice`".
 fn url_or_env(
     key: &str,
     url: Option<&str>,
     env: Option<&str>,
-    password_advice: Option<&str>,
+    password_advice: &str,
 ) -> Result<Option<String>, ConfigError> {
     match (url, env) {
         (None, None) => Ok(None),
-        (Some(url), None) => match password_advice {
-            Some(advice) if has_password(url) => {
-                Err(ConfigError::Invalid(format!("{key} must not hold a password; {advice}")))
-            }
-            _ => Ok(Some(url.to_owned())),
-        },
+        (Some(url), None) if has_password(url) => {
+            Err(ConfigError::Invalid(format!("{key} must not hold a password; {password_advice}")))
+        }
+        (Some(url), None) => Ok(Some(url.to_owned())),
         (None, Some(var)) => std::env::var(var)
             .map(Some)
             .map_err(|_| ConfigError::Invalid(format!("{key}_env: environment variable {var} is not set"))),
@@ -1398,10 +1401,12 @@ fn url_or_env(
     }
 }
 
-/// True when `url`'s authority has a password (`scheme://user:secret@host`).
+/// True when `url` carries a password: in its authority (`scheme://user:secret@host`), as a
+/// `password=` query parameter, or as a `password=` pair of a PostgreSQL key=value string.
 fn has_password(url: &str) -> bool {
-    let userinfo = url.split_once("://").and_then(|(_, rest)| rest.split('/').next()).unwrap_or("");
-    userinfo.contains('@') && userinfo.split('@').next().is_some_and(|u| u.contains(':'))
+    let authority = url.split_once("://").and_then(|(_, rest)| rest.split(['/', '?']).next()).unwrap_or("");
+    let in_authority = authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    in_authority || url.to_ascii_lowercase().contains("password=")
 }
 
 fn secret_key(secret: &[u8], at: &str) -> Result<jsonwebtoken::DecodingKey, ConfigError> {
@@ -1596,13 +1601,22 @@ mod tests {
     #[test]
     fn urls_come_inline_or_from_the_environment_never_with_an_inline_password() {
         let e = |r: Result<Option<String>, ConfigError>| r.expect_err("an error").to_string();
-        let advice = Some("use k_env");
+        let advice = "use k_env";
         assert_eq!(url_or_env("k", None, None, advice).ok(), Some(None));
         let plain = "redis://user@host:6379/0";
         assert_eq!(url_or_env("k", Some(plain), None, advice).ok(), Some(Some(plain.to_owned())));
         let secret = "redis://user:hunter2@host:6379/0";
         assert!(e(url_or_env("k", Some(secret), None, advice)).ends_with("k must not hold a password; use k_env"));
-        assert_eq!(url_or_env("k", Some(secret), None, None).ok(), Some(Some(secret.to_owned())));
+        for secret in [
+            "postgres://audit@127.0.0.1:5432/db?password=hunter2",
+            "host=127.0.0.1 user=audit password=hunter2",
+            "redis://:hunter2@host:6379",
+        ] {
+            assert!(e(url_or_env("k", Some(secret), None, advice)).contains("must not hold a password"), "{secret}");
+        }
+        // An @ in the path is not a password.
+        let at_in_path = "postgres://audit@127.0.0.1:5432/db@2";
+        assert_eq!(url_or_env("k", Some(at_in_path), None, advice).ok(), Some(Some(at_in_path.to_owned())));
         let unset = e(url_or_env("k", None, Some("PORTCULLIS_TEST_UNSET_VAR"), advice));
         assert!(unset.ends_with("k_env: environment variable PORTCULLIS_TEST_UNSET_VAR is not set"), "{unset}");
         assert!(e(url_or_env("k", Some(plain), Some("V"), advice)).ends_with("set one of k and k_env, not both"));
