@@ -125,7 +125,10 @@ mod tests {
     #[test]
     fn the_link_hash_is_sha256_of_seq_prev_and_event() {
         // Fixed by an independent SHA-256 (Python's hashlib): logs written before stay verifiable.
-        assert_eq!(link_hash(1, GENESIS, "{\"n\":0}"), "8b1e098d7e6021d7f66a31c8c6eafa0f089cfbda19f9f394b1b88f904c0f8a62");
+        assert_eq!(
+            link_hash(1, GENESIS, "{\"n\":0}"),
+            "8b1e098d7e6021d7f66a31c8c6eafa0f089cfbda19f9f394b1b88f904c0f8a62"
+        );
         assert_eq!(hex(&[0, 0x0f, 0xa0, 0xff]), "000fa0ff");
     }
 

@@ -262,8 +262,9 @@ impl SqliteStore {
         let run = |sql: &str| self.db.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
         run("BEGIN").map_err(|e| err(&self.place, e))?;
         let inserted = (|| {
-            let mut stmt =
-                self.db.prepare_cached("INSERT INTO audit_log (seq, prev_hash, hash, event) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut stmt = self
+                .db
+                .prepare_cached("INSERT INTO audit_log (seq, prev_hash, hash, event) VALUES (?1, ?2, ?3, ?4)")?;
             for r in records {
                 stmt.execute(rusqlite::params![r.seq as i64, r.prev_hash, r.hash, r.event])?;
             }
