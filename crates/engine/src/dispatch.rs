@@ -713,7 +713,11 @@ impl Engine {
         let session = session.clone();
         let id = id.clone();
         let target = audit.as_ref().and_then(|(e, _)| e.target.clone()).unwrap_or_default();
-        let audit = self.auditor.clone().zip(audit);
+        let mut unfinished = self.auditor.clone().zip(audit).map(|(auditor, (event, started))| Unfinished {
+            auditor,
+            event: Some(event),
+            started,
+        });
         let guards = guard.map(|is_tool| (self.guards.clone(), is_tool));
         Dispatch::Pending(Box::pin(async move {
             let outcome = Abortable::new(fut, registration).await;
@@ -742,7 +746,9 @@ impl Engine {
                 Ok(Err(e)) => (Some(write_error(Some(&id), &e)), format!("error:{}", e.code)),
                 Err(_aborted) => (None, "cancelled".to_owned()),
             };
-            let Some((auditor, (mut event, started))) = audit else { return bytes };
+            let Some((auditor, mut event, started)) = unfinished.as_mut().and_then(Unfinished::take) else {
+                return bytes;
+            };
             event.flags.extend(flags);
             event.outcome = result;
             event.latency_us = started.elapsed().as_micros() as u64;
@@ -861,6 +867,33 @@ fn decode_cursor(cursor: &str) -> Option<usize> {
     std::str::from_utf8(&bytes).ok()?.strip_prefix("offset:")?.parse().ok()
 }
 
+/// The audit record of a call whose handler is running. If the call's future is dropped before
+/// the record is handed to the auditor — the process shutting down past its grace period with the
+/// handler still running — the record is queued anyway, with the outcome `interrupted`: the call
+/// started and may have had effects, and its result never left. (`Auditor::record` queues before
+/// it returns, so the future it returns can be dropped here.)
+struct Unfinished {
+    auditor: Arc<dyn Auditor>,
+    event: Option<AuditEvent>,
+    started: Instant,
+}
+
+impl Unfinished {
+    fn take(&mut self) -> Option<(Arc<dyn Auditor>, AuditEvent, Instant)> {
+        self.event.take().map(|e| (self.auditor.clone(), e, self.started))
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(mut event) = self.event.take() {
+            event.outcome = "interrupted".into();
+            event.latency_us = self.started.elapsed().as_micros() as u64;
+            drop(self.auditor.record(event));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -922,6 +955,54 @@ mod tests {
         assert_eq!(names, ["t0", "t1", "t2", "t3", "t4"]);
         let v = ask(&e, &s, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"b2Zmc2V0Ojk5"}}"#);
         assert_eq!(v["error"]["code"], -32602, "a cursor past the end is invalid");
+    }
+
+    use crate::audit::AuditUnavailable;
+
+    /// Keeps what it is given.
+    #[derive(Default)]
+    struct Kept(std::sync::Mutex<Vec<AuditEvent>>);
+
+    impl Auditor for Kept {
+        fn record(&self, event: AuditEvent) -> BoxFuture<'static, Result<(), AuditUnavailable>> {
+            self.0.lock().unwrap().push(event);
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_while_its_handler_runs_is_still_audited() {
+        let registry = Arc::new(Registry::new());
+        registry.add_tool(
+            Tool::new("slow", "d").handler(|_| std::future::pending::<Result<ToolOutput, ToolError>>()).unwrap(),
+        );
+        registry.add_tool(Tool::new("quick", "d").handler(|_| async { Ok(ToolOutput::text("x")) }).unwrap());
+        let kept = Arc::new(Kept::default());
+        let e = Engine::new(
+            registry,
+            ServerInfo { name: "t".into(), version: "0".into(), title: None, instructions: None },
+            EngineOptions { page_size: 10, client_request_timeout: Duration::from_secs(1) },
+        )
+        .with_auditor(kept.clone());
+        let s = Arc::new(Session::new(crate::new_session_id(), Arc::new(NullOutlet)));
+        ask(&e, &s, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#);
+        let call = |id: u32, name: &str| {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}"}}}}"#);
+            let Ok(Body::Single(Message::Request(r))) = parse_body(body.as_bytes(), 64) else { panic!("bad body") };
+            match e.request(&s, &Principal::anonymous(), &r, Sink::Session) {
+                Dispatch::Pending(f) => f,
+                _ => panic!("expected a pending call"),
+            }
+        };
+        // Finished normally: one record, outcome ok.
+        assert!(call(2, "quick").await.is_some());
+        // Dropped mid-handler (shutdown): one record, outcome interrupted.
+        let mut slow = call(3, "slow");
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut slow).await.is_err(), "the handler never ends");
+        drop(slow);
+        let events = kept.0.lock().unwrap();
+        let outcomes: Vec<_> = events.iter().map(|e| (e.target.as_deref().unwrap(), e.outcome.as_str())).collect();
+        assert_eq!(outcomes, [("quick", "ok"), ("slow", "interrupted")]);
     }
 
     #[test]
