@@ -411,6 +411,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deleted_json_lines_file_fails_closed() {
+        let dir = std::env::temp_dir().join(format!("portcullis-audit-jsonl-gone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let log = AuditLog::start(Store::Jsonl(JsonlStore::open(&path).unwrap()), AuditOptions::default(), "t".into())
+            .unwrap();
+        log.record(AuditEvent::new("call", None, "tools/call")).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // The open handle would still accept writes, into a file nobody can read.
+        assert!(log.record(AuditEvent::new("call", None, "tools/call")).await.is_err());
+        assert!(log.record(AuditEvent::new("call", None, "tools/call")).await.is_err(), "and stays refused");
+        drop(log);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn group_commit_seals_a_verifiable_chain() {
         let dir = std::env::temp_dir().join(format!("portcullis-audit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

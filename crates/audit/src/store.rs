@@ -81,6 +81,19 @@ impl Store {
     /// After a failed append: reconnect if the connection is gone (PostgreSQL). The caller then
     /// re-reads the tail to learn whether the batch landed.
     pub fn recover(&mut self) {
+        // A failed SQLite append may leave its transaction open if the ROLLBACK failed too; the
+        // tail read next would then see the uncommitted batch. A fresh connection cannot.
+        if let Self::Sqlite(s) = self
+            && !s.db.is_autocommit()
+        {
+            let _ = s.db.execute_batch("ROLLBACK");
+            if !s.db.is_autocommit() {
+                match SqliteStore::open(&s.path) {
+                    Ok(fresh) => s.db = fresh.db,
+                    Err(e) => tracing::error!(error = %e, "audit store: reopening after a failed rollback failed"),
+                }
+            }
+        }
         if let Self::Postgres(s) = self
             && s.client.is_closed()
         {
@@ -452,8 +465,23 @@ impl JsonlStore {
     }
 
     /// The file, opened for appending (a file store only).
+    /// If the file at `path` was deleted, renamed or replaced, this fails (and forgets the
+    /// handle): records written to an unlinked file would be lost while their calls went ahead.
+    /// A rotation must go through a restart (the chain continues from the new file's tail).
     fn file(&mut self) -> Result<&mut std::fs::File, StoreError> {
         let Some(path) = &self.path else { return Err(err(&self.place, "stdout is not a file")) };
+        #[cfg(unix)]
+        if let Some(f) = &self.file {
+            use std::os::unix::fs::MetadataExt as _;
+            let same = match (std::fs::metadata(path), f.metadata()) {
+                (Ok(now), Ok(held)) => now.dev() == held.dev() && now.ino() == held.ino(),
+                _ => false,
+            };
+            if !same {
+                self.file = None;
+                return Err(err(&self.place, "the audit file was moved or deleted while in use"));
+            }
+        }
         if self.file.is_none() {
             self.file = Some(std::fs::OpenOptions::new().append(true).open(path).map_err(|e| err(&self.place, e))?);
         }
