@@ -111,7 +111,7 @@ impl Default for Metrics {
 }
 
 /// What one event adds to the metrics, worked out before the event goes to the audit log (which
-/// takes it) and added once the log has answered.
+/// takes it) and added later (see [`Observed`]).
 pub struct Observation {
     auth_failure: bool,
     rate_limited: Option<String>,
@@ -192,7 +192,8 @@ impl Metrics {
     }
 }
 
-/// An auditor that counts every event into [`Metrics`], then hands it to the audit log (if any).
+/// An auditor that counts every event into [`Metrics`] and hands it to the audit log (if any):
+/// calls once the log has answered, everything else at once.
 pub struct Observed {
     /// The metrics.
     pub metrics: Arc<Metrics>,
@@ -204,19 +205,22 @@ pub struct Observed {
 
 impl Auditor for Observed {
     /// Counts a call once the audit log has answered, so that the metrics tell what the client
-    /// got: a call whose record could not be written counts as `withheld`. Other events
-    /// (denials, step-ups, refusals) count at once: the client gets its refusal either way, and
-    /// their record's future may be dropped unawaited.
+    /// got: a call whose record could not be written counts as `withheld`. If the future is
+    /// dropped unawaited (shutdown; an interrupted call's record) the call counts as it is.
+    /// Other events (denials, step-ups, refusals) count at once: the client gets its refusal
+    /// either way.
     fn record(&self, event: AuditEvent) -> BoxFuture<'static, Result<(), AuditUnavailable>> {
         let engine = self.engine.get().and_then(std::sync::Weak::upgrade);
         let observation = Metrics::observation(&event, engine.as_deref());
         match &self.inner {
             Some(a) if event.kind == "call" => {
                 let written = a.record(event);
-                let metrics = self.metrics.clone();
+                let mut uncounted = Uncounted { metrics: self.metrics.clone(), observation: Some(observation) };
                 Box::pin(async move {
                     let result = written.await;
-                    metrics.count(observation, result.is_ok());
+                    if let Some(o) = uncounted.observation.take() {
+                        uncounted.metrics.count(o, result.is_ok());
+                    }
                     result
                 })
             }
@@ -227,6 +231,20 @@ impl Auditor for Observed {
                     None => Box::pin(std::future::ready(Ok(()))),
                 }
             }
+        }
+    }
+}
+
+/// A call's observation until it is counted; counted on drop if its future never finished.
+struct Uncounted {
+    metrics: Arc<Metrics>,
+    observation: Option<Observation>,
+}
+
+impl Drop for Uncounted {
+    fn drop(&mut self) {
+        if let Some(o) = self.observation.take() {
+            self.metrics.count(o, true);
         }
     }
 }
@@ -316,6 +334,9 @@ mod tests {
         let unaudited = observed(None);
         unaudited.record(call.clone()).await.unwrap();
         assert!(text(&unaudited.metrics).contains(r#"outcome="ok""#), "{}", text(&unaudited.metrics));
+        let dropped = observed(Some(Arc::new(Unavailable)));
+        drop(dropped.record(call.clone()));
+        assert!(text(&dropped.metrics).contains(r#"outcome="ok""#), "a dropped call still counts");
         let failing = observed(Some(Arc::new(Unavailable)));
         assert!(failing.record(call).await.is_err());
         let t = text(&failing.metrics);
