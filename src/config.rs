@@ -209,6 +209,13 @@ impl LimitsSection {
     /// The limiter (`None` without rules).
     pub fn build(&self) -> Result<Option<Arc<portcullis_limits::Limiter>>, ConfigError> {
         use portcullis_limits::{Backend, KeyPart, Limit, Limiter, OnError, Rule};
+        // Checked even without rules: a password written here is refused either way.
+        let url = url_or_env(
+            "limits.redis",
+            self.redis.as_deref(),
+            self.redis_env.as_deref(),
+            "put the whole URL in an environment variable named by limits.redis_env",
+        )?;
         if self.rules.is_empty() {
             return Ok(None);
         }
@@ -254,12 +261,6 @@ impl LimitsSection {
                 on_error,
             });
         }
-        let url = url_or_env(
-            "limits.redis",
-            self.redis.as_deref(),
-            self.redis_env.as_deref(),
-            "put the whole URL in an environment variable named by limits.redis_env",
-        )?;
         let limiter = Limiter::new(rules, url.as_deref().map(|u| (u, self.redis_key_prefix.as_str())))
             .map_err(|e| ConfigError::Invalid(format!("limits: {e}")))?;
         Ok(Some(Arc::new(limiter)))
@@ -1401,12 +1402,22 @@ fn url_or_env(
     }
 }
 
-/// True when `url` carries a password: in its authority (`scheme://user:secret@host`), as a
-/// `password=` query parameter, or as a `password=` pair of a PostgreSQL key=value string.
+/// True when `url` may carry a password: user info with a `:` before the first `@` (where the
+/// PostgreSQL and Redis parsers end it, even past a `/`), or a `password`/`pass` parameter in a
+/// query or a PostgreSQL key=value string (spaces around `=` and percent-encoding allowed). When
+/// in doubt it says yes: the remedy, the environment variable, always works.
 fn has_password(url: &str) -> bool {
-    let authority = url.split_once("://").and_then(|(_, rest)| rest.split(['/', '?']).next()).unwrap_or("");
-    let in_authority = authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
-    in_authority || url.to_ascii_lowercase().contains("password=")
+    let in_userinfo = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let decoded = url::form_urlencoded::parse(url.as_bytes())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+        .to_ascii_lowercase();
+    let squeezed: String = decoded.chars().filter(|c| !c.is_whitespace()).collect();
+    in_userinfo || squeezed.contains("password=") || squeezed.contains("pass=")
 }
 
 fn secret_key(secret: &[u8], at: &str) -> Result<jsonwebtoken::DecodingKey, ConfigError> {
@@ -1614,9 +1625,17 @@ mod tests {
         ] {
             assert!(e(url_or_env("k", Some(secret), None, advice)).contains("must not hold a password"), "{secret}");
         }
-        // An @ in the path is not a password.
-        let at_in_path = "postgres://audit@127.0.0.1:5432/db@2";
-        assert_eq!(url_or_env("k", Some(at_in_path), None, advice).ok(), Some(Some(at_in_path.to_owned())));
+        for secret in [
+            "redis+unix:///run/redis.sock?pass=hunter2",
+            "host=127.0.0.1 user=audit password = hunter2",
+            "postgres://audit@127.0.0.1/db?pass%77ord=hunter2",
+            "postgres://u:p/ss@h/db",
+        ] {
+            assert!(e(url_or_env("k", Some(secret), None, advice)).contains("must not hold a password"), "{secret}");
+        }
+        // A user without a password is fine.
+        let user_only = "postgres://audit@127.0.0.1:5432/db";
+        assert_eq!(url_or_env("k", Some(user_only), None, advice).ok(), Some(Some(user_only.to_owned())));
         let unset = e(url_or_env("k", None, Some("PORTCULLIS_TEST_UNSET_VAR"), advice));
         assert!(unset.ends_with("k_env: environment variable PORTCULLIS_TEST_UNSET_VAR is not set"), "{unset}");
         assert!(e(url_or_env("k", Some(plain), Some("V"), advice)).ends_with("set one of k and k_env, not both"));

@@ -249,6 +249,8 @@ impl RedisList {
 fn redact_url(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
+            // Query parameters can carry a password too (`redis+unix:///…?pass=`): drop them.
+            let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
             let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
             format!("{scheme}://{rest}")
         }
