@@ -1,5 +1,6 @@
-//! Shared helpers for the in-process end-to-end tests: a server on 127.0.0.1:0 with the demo
-//! tools plus test-only tools, and a small MCP client over reqwest.
+//! Shared helpers for the end-to-end tests: a server on 127.0.0.1:0 with the demo tools plus
+//! test-only tools, a small MCP client over reqwest, and (`process`) the real binary started as
+//! a child process that is killed when the test ends.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
