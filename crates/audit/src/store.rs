@@ -464,10 +464,11 @@ impl JsonlStore {
         Ok(Self { path: Some(path.to_owned()), place, sync: true, lock: None, file: None })
     }
 
-    /// The file, opened for appending (a file store only).
-    /// If the file at `path` was deleted, renamed or replaced, this fails (and forgets the
-    /// handle): records written to an unlinked file would be lost while their calls went ahead.
-    /// A rotation must go through a restart (the chain continues from the new file's tail).
+    /// The file, opened for appending (a file store only). If the file at `path` was deleted,
+    /// renamed or replaced, this fails (and forgets the handle): records written to an unlinked
+    /// file would be lost while their calls went ahead. Calls are refused until a file is back at
+    /// `path`; the writer then continues from that file's tail (a new chain if it is empty), and
+    /// says so in the log.
     fn file(&mut self) -> Result<&mut std::fs::File, StoreError> {
         let Some(path) = &self.path else { return Err(err(&self.place, "stdout is not a file")) };
         #[cfg(unix)]
