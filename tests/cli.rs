@@ -3,10 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::Write as _;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use common::process::{BIN, output_within};
 
 #[test]
 fn policy_explain_names_the_decision_and_its_rule() {
@@ -26,7 +29,7 @@ fn policy_explain_names_the_decision_and_its_rule() {
         if let Some(s) = stdin {
             child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
         }
-        let out = child.wait_with_output().unwrap();
+        let out = output_within(child, Duration::from_secs(20));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };

@@ -1,13 +1,14 @@
 //! The real binary over stdio: only JSON-RPC on stdout, a prompt exit on stdin EOF, and clear
 //! errors for bad lines. Also: a bad config file is refused with a located message.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::{BIN, output_within};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 #[test]
 fn stdio_serves_then_exits_on_eof() {
@@ -31,7 +32,7 @@ fn stdio_serves_then_exits_on_eof() {
     }
     drop(stdin);
     let started = Instant::now();
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, Duration::from_secs(20));
     assert!(started.elapsed() < Duration::from_secs(5), "exits promptly on EOF");
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -86,7 +87,7 @@ fn stdio_accepts_a_production_http_config() {
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"t","version":"0"}}}}}}"#).unwrap();
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, Duration::from_secs(20));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let first: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(first["result"]["protocolVersion"], "2025-11-25");
