@@ -385,12 +385,18 @@ mod tests {
         assert!(big.contains("arguments_omitted_bytes") && big.len() < 1000, "{}", big.len());
     }
 
-    #[tokio::test]
-    async fn a_torn_json_line_is_dropped_and_one_writer_holds_the_log() {
-        let dir = std::env::temp_dir().join(format!("portcullis-audit-jsonl-{}", std::process::id()));
+    /// An empty directory of this test's own, and the path of `file` in it.
+    fn fresh(test: &str, file: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("portcullis-audit-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("audit.jsonl");
+        let path = dir.join(file);
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn a_torn_json_line_is_dropped_and_one_writer_holds_the_log() {
+        let (dir, path) = fresh("jsonl", "audit.jsonl");
         let open = || Store::Jsonl(JsonlStore::open(&path).unwrap());
         let log = AuditLog::start(open(), AuditOptions::default(), "t".into()).unwrap();
         for _ in 0..3 {
@@ -412,10 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_deleted_json_lines_file_fails_closed() {
-        let dir = std::env::temp_dir().join(format!("portcullis-audit-jsonl-gone-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("audit.jsonl");
+        let (dir, path) = fresh("jsonl-gone", "audit.jsonl");
         let log = AuditLog::start(Store::Jsonl(JsonlStore::open(&path).unwrap()), AuditOptions::default(), "t".into())
             .unwrap();
         log.record(AuditEvent::new("call", None, "tools/call")).await.unwrap();
