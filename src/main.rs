@@ -12,6 +12,9 @@ use portcullis::config::{Config, LogFormat, RawConfig};
 use portcullis_engine::Registry;
 use portcullis_transport::StdioOptions;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An MCP server and gateway for teams.
 #[derive(Parser)]
 #[command(name = "portcullis", version, about)]
@@ -379,6 +382,17 @@ fn audit(action: AuditCommand) -> anyhow::Result<()> {
     let Some((mut store, place)) = raw.audit.open_store()? else {
         anyhow::bail!("auditing is off ([audit] sink = \"off\")")
     };
+    // Durable calls whose records a crash kept from the store are in its journal: take them back
+    // first, unless a running server holds the log (it did so when it started).
+    if let portcullis_audit::Store::Sqlite(s) = &store {
+        let db = s.path().to_owned();
+        if store.lock_writer().is_ok() {
+            let n = portcullis_audit::journal::replay(&db, &mut store)?;
+            if n > 0 {
+                eprintln!("took {n} records from the audit journal that the last run had not stored");
+            }
+        }
+    }
     let print = |records: Vec<portcullis_audit::Record>| -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         for r in records {

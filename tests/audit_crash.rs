@@ -1,6 +1,6 @@
 //! Durable auditing under a crash: the real binary serves `echo` to concurrent clients and is
-//! killed with SIGKILL mid-load. After that, every call whose result a client received must have
-//! its audit record, and the hash chain must verify.
+//! killed with SIGKILL mid-load, then restarted. After that, every call whose result a client
+//! received must have its audit record, and the hash chain must verify.
 
 #![allow(clippy::unwrap_used)]
 
@@ -90,6 +90,21 @@ async fn every_answered_call_has_its_record_after_kill_9() {
     let received = received.lock().unwrap().clone();
     eprintln!("{} calls answered before the kill", received.len());
     assert!(received.len() > 50, "too little load to mean anything: {}", received.len());
+
+    // Restart: the server takes back from its journal what the kill kept from the store, before
+    // it listens. Once it answers, kill it again and read the store as it is on disk.
+    let mut server = serve(&cfg);
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(format!("http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the server restarts after kill -9");
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
 
     let mut store = Store::Sqlite(SqliteStore::open(&dir.join("audit.db")).unwrap());
     let audited: HashSet<String> = store

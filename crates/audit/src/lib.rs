@@ -1,16 +1,24 @@
 //! The tamper-evident audit trail.
 //!
-//! [`AuditLog`] implements the engine's `Auditor`. `record` redacts nothing on the caller's
-//! thread: it queues the event and returns. One writer thread takes everything queued (up to a
-//! batch limit), redacts arguments and hashes the originals, seals each event into the hash chain
-//! ([`chain`]), appends the batch to the store ([`store`]) in one durable write — group commit —
-//! and then wakes every caller of that batch. With `Durability::Durable` (the default) a call's
-//! result is released only after that; with `Durability::Async` at once.
+//! [`AuditLog`] implements the engine's `Auditor`. Two paths:
 //!
-//! If the store fails, the batch's callers get an error (their results are withheld: fail
-//! closed) and the chain does not advance; the next batch retries from the same tail.
+//! - **Durable SQLite** (the default): the caller redacts and hashes its event, seals it into
+//!   the hash chain ([`chain`]) and joins the next group of the [`journal`]; one caller of each
+//!   group writes and syncs it (group commit) and releases the rest. The store's writer thread then
+//!   appends the records to SQLite in large batches (it *indexes* them); at start, records a crash
+//!   kept from it are replayed from the journal.
+//! - **Everything else** (asynchronous durability, PostgreSQL, JSON lines): `record` queues the
+//!   event and returns. One writer thread takes everything queued (up to a batch limit), redacts
+//!   arguments and hashes the originals, seals each event, appends the batch to the store
+//!   ([`store`]) in one durable write — group commit — and then wakes every caller of that batch.
+//!
+//! With `Durability::Durable` (the default) a call's result is released only once its record is
+//! on disk; with `Durability::Async` at once. If a durable write fails, the group's callers get an
+//! error (their results are withheld: fail closed) and the chain does not advance; the next group
+//! goes on from the same tail.
 
 pub mod chain;
+pub mod journal;
 pub mod store;
 
 use std::sync::Arc;
@@ -49,6 +57,9 @@ pub struct AuditOptions {
     /// cannot confirm guesses of redacted values; without a key, plain SHA-256
     /// (`arguments_sha256`).
     pub hash_key: Option<Vec<u8>>,
+    /// Size of each of the SQLite journal's two files (durable mode); they grow past it only
+    /// while the store falls behind.
+    pub journal_bytes: u64,
 }
 
 /// Arguments larger than this (as JSON) are recorded by their hash only.
@@ -64,6 +75,7 @@ impl Default for AuditOptions {
             max_queue: 10_000,
             max_batch: 4096,
             hash_key: None,
+            journal_bytes: 8 << 20,
         }
     }
 }
@@ -83,15 +95,21 @@ pub struct AuditStats {
     pub failures: AtomicU64,
 }
 
-struct Job {
-    event: AuditEvent,
-    done: Option<oneshot::Sender<Result<(), AuditUnavailable>>>,
+/// Work for the writer thread.
+// Boxing the event would cost an allocation per call on the queue's common path.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Job {
+    /// An event to seal and append (a `flush` event marks a point to report back from).
+    Event { event: AuditEvent, done: Option<oneshot::Sender<Result<(), AuditUnavailable>>> },
+    /// Records already sealed and durable in the journal, to append in order.
+    Sealed(Vec<Record>),
 }
 
-/// The audit log: a queue and its writer thread.
+/// The audit log: a queue and its writer thread, and for durable SQLite the journal in front.
 pub struct AuditLog {
-    /// `None` only while dropping.
+    /// `None` while dropping, and with a journal (which then owns the queue).
     tx: Option<mpsc::UnboundedSender<Job>>,
+    journal: Option<Arc<journal::Committer>>,
     writer: Option<std::thread::JoinHandle<()>>,
     opts: AuditOptions,
     stats: Arc<AuditStats>,
@@ -101,24 +119,52 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Starts the writer over `store`; `place` names it in logs.
+    /// A SQLite store first takes back what its journal holds beyond the store's tail (records
+    /// of durable calls that a crash kept from reaching the store).
     pub fn start(mut store: Store, opts: AuditOptions, place: String) -> Result<Self, StoreError> {
         store.lock_writer()?;
-        if opts.durability == Durability::Async {
+        let db = match &store {
+            Store::Sqlite(s) => Some(s.path().to_owned()),
+            _ => None,
+        };
+        if let Some(db) = &db {
+            let n = journal::replay(db, &mut store)?;
+            if n > 0 {
+                tracing::warn!(records = n, %place, "audit: took {n} records from the journal that the last run had not stored");
+            }
+        }
+        if opts.durability == Durability::Async || db.is_some() {
             store.relax()?;
         }
         let tail = store.tail()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(AuditStats::default());
-        let writer = Writer { store, rx, tail, opts: opts.clone(), stats: stats.clone() };
+        let indexed = Arc::new(AtomicU64::new(tail.0));
+        let (tx, journal) = match db {
+            Some(db) if opts.durability == Durability::Durable => {
+                let c = journal::Committer::open(&db, tail.clone(), tx, indexed.clone(), stats.clone(), &opts, &place)?;
+                (None, Some(Arc::new(c)))
+            }
+            _ => (Some(tx), None),
+        };
+        let gather = match (&journal, opts.durability) {
+            (Some(_), _) => Gather::Always,
+            (None, Durability::Async) => Gather::WhenIdle,
+            (None, Durability::Durable) => Gather::No,
+        };
+        let writer = Writer { store, rx, tail, opts: opts.clone(), stats: stats.clone(), indexed, gather };
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| StoreError::new(&place, e))?;
-        Ok(Self { tx: Some(tx), writer: Some(writer), opts, stats, place })
+        Ok(Self { tx, journal, writer: Some(writer), opts, stats, place })
     }
 
     fn send(&self, job: Job) -> Result<(), ()> {
-        self.tx.as_ref().ok_or(())?.send(job).map_err(drop)
+        match &self.journal {
+            Some(j) => j.send(job),
+            None => self.tx.as_ref().ok_or(())?.send(job).map_err(drop),
+        }
     }
 
     /// The counters.
@@ -133,12 +179,15 @@ impl AuditLog {
 
     /// Resolves once everything queued before it is written (for shutdown and tests).
     pub async fn flush(&self) -> Result<(), AuditUnavailable> {
+        if let Some(j) = &self.journal {
+            j.written().await?;
+        }
         let (done, rx) = oneshot::channel();
         let mut marker = AuditEvent::new("flush", None, "");
         marker.outcome = "flush".into();
         // Counted like any job: the writer subtracts every job it takes.
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        if self.send(Job { event: marker, done: Some(done) }).is_err() {
+        if self.send(Job::Event { event: marker, done: Some(done) }).is_err() {
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(AuditUnavailable("the audit writer stopped".into()));
         }
@@ -148,6 +197,18 @@ impl AuditLog {
 
 impl Auditor for AuditLog {
     fn record(&self, event: AuditEvent) -> BoxFuture<'static, Result<(), AuditUnavailable>> {
+        if let Some(j) = &self.journal {
+            // Redacting, hashing and sealing here, on the caller's thread: the work spreads over
+            // the runtime's workers instead of queuing behind one writer.
+            let json = stored_json(&event, &self.opts.redact, self.opts.hash_key.as_deref());
+            return match j.submit(json) {
+                Ok(batch) => {
+                    let j = j.clone();
+                    Box::pin(async move { j.wait(batch).await })
+                }
+                Err(e) => Box::pin(std::future::ready(Err(e))),
+            };
+        }
         if self.stats.queued.load(Ordering::Relaxed) >= self.opts.max_queue {
             return Box::pin(std::future::ready(Err(AuditUnavailable("the audit queue is full".into()))));
         }
@@ -159,7 +220,7 @@ impl Auditor for AuditLog {
             (None, None)
         };
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        if self.send(Job { event, done }).is_err() {
+        if self.send(Job::Event { event, done }).is_err() {
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             return Box::pin(std::future::ready(Err(AuditUnavailable("the audit writer stopped".into()))));
         }
@@ -176,6 +237,9 @@ impl Drop for AuditLog {
     /// Closes the queue and waits for the writer to write what is queued and let go of the store
     /// (its writer lock too).
     fn drop(&mut self) {
+        if let Some(j) = self.journal.take() {
+            j.close();
+        }
         drop(self.tx.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -195,6 +259,23 @@ struct Writer {
     tail: (u64, String),
     opts: AuditOptions,
     stats: Arc<AuditStats>,
+    /// Every record up to here is in the store (read by the journal).
+    indexed: Arc<AtomicU64>,
+    gather: Gather,
+}
+
+/// Whether the writer lets a batch gather before writing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gather {
+    /// No: callers wait for it.
+    No,
+    /// For 1 ms when the queue is empty (asynchronous durability: nobody waits, and each wake is
+    /// a syscall on both sides).
+    WhenIdle,
+    /// For 10 ms every time (the journal's indexer: the records are durable already, and every
+    /// SQLite transaction costs locks, page writes and, now and then, a checkpoint whose syncs
+    /// delay the journal's).
+    Always,
 }
 
 impl Writer {
@@ -202,10 +283,11 @@ impl Writer {
         let mut jobs: Vec<Job> = Vec::with_capacity(self.opts.max_batch);
         while let Some(first) = self.rx.blocking_recv() {
             jobs.push(first);
-            if self.opts.durability == Durability::Async && self.rx.is_empty() {
-                // Nobody waits for these records: let a batch gather instead of waking for every
-                // event (each wake is a syscall on both sides).
-                std::thread::sleep(Duration::from_millis(1));
+            match self.gather {
+                Gather::No => {}
+                Gather::WhenIdle if self.rx.is_empty() => std::thread::sleep(Duration::from_millis(1)),
+                Gather::WhenIdle => {}
+                Gather::Always => std::thread::sleep(Duration::from_millis(10)),
             }
             while jobs.len() < self.opts.max_batch {
                 match self.rx.try_recv() {
@@ -238,14 +320,53 @@ impl Writer {
         }
     }
 
+    /// Appends records sealed and made durable by the journal. They must not be lost, and their
+    /// calls have been answered: a failure is retried until it succeeds (the journal refuses new
+    /// calls once too many wait), or given up at shutdown (the next start replays them).
+    fn index(&mut self, records: Vec<Record>) {
+        let Some(last) = records.last() else { return };
+        let new_tail = (last.seq, last.hash.clone());
+        let mut failures = 0u32;
+        while let Err(e) = self.append(&records, &new_tail) {
+            failures += 1;
+            if failures == 1 || failures.is_multiple_of(100) {
+                tracing::error!(error = %e, failures, "audit store write failed; the records are safe in the journal, retrying");
+            }
+            if self.rx.is_closed() && failures >= 20 {
+                tracing::error!(
+                    "audit store still failing at shutdown; the next start takes the records from the journal"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.tail = new_tail;
+        self.indexed.store(self.tail.0, Ordering::Relaxed);
+    }
+
     fn write(&mut self, jobs: &mut Vec<Job>) {
+        let sealed: Vec<Record> = jobs
+            .iter_mut()
+            .flat_map(|j| match j {
+                Job::Sealed(r) => std::mem::take(r),
+                Job::Event { .. } => Vec::new(),
+            })
+            .collect();
+        jobs.retain(|j| matches!(j, Job::Event { .. }));
+        if !sealed.is_empty() {
+            self.index(sealed);
+        }
+        if jobs.is_empty() {
+            return;
+        }
         let mut tail = self.tail.clone();
         let mut records = Vec::with_capacity(jobs.len());
         for job in jobs.iter() {
-            if job.event.kind == "flush" {
+            let Job::Event { event, .. } = job else { continue };
+            if event.kind == "flush" {
                 continue;
             }
-            let record = chain::seal(&tail, stored_json(&job.event, &self.opts.redact, self.opts.hash_key.as_deref()));
+            let record = chain::seal(&tail, stored_json(event, &self.opts.redact, self.opts.hash_key.as_deref()));
             tail = (record.seq, record.hash.clone());
             records.push(record);
         }
@@ -256,6 +377,7 @@ impl Writer {
         let outcome = match result {
             Ok(()) => {
                 self.tail = tail;
+                self.indexed.store(self.tail.0, Ordering::Relaxed);
                 self.stats.written.fetch_add(records.len() as u64, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.write_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -268,7 +390,7 @@ impl Writer {
             }
         };
         for job in jobs.drain(..) {
-            if let Some(done) = job.done {
+            if let Job::Event { done: Some(done), .. } = job {
                 let _ = done.send(outcome.clone());
             }
         }
@@ -454,6 +576,8 @@ mod tests {
             AuditLog::start(Store::Sqlite(SqliteStore::open(&path).unwrap()), AuditOptions::default(), "t".into())
                 .unwrap();
         log.record(AuditEvent::new("call", None, "tools/call")).await.unwrap();
+        // Durable in the journal now; in the store once the writer has taken it.
+        log.flush().await.unwrap();
         let mut store = Store::Sqlite(SqliteStore::open(&path).unwrap());
         assert_eq!(verify(&mut store, &mut |_, _| {}).unwrap(), Ok(501));
         std::fs::remove_dir_all(&dir).unwrap();

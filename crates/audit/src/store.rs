@@ -199,7 +199,7 @@ impl Store {
 }
 
 /// Creates `path` readable only by its owner, if it does not exist.
-fn owner_only(path: &Path, place: &str) -> Result<(), StoreError> {
+pub(crate) fn owner_only(path: &Path, place: &str) -> Result<(), StoreError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.create(true).append(true);
     #[cfg(unix)]
@@ -257,6 +257,11 @@ impl SqliteStore {
         )
         .map_err(|e| err(&place, e))?;
         Ok(Self { db, place, path: path.to_owned(), lock: None })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn tail(&mut self) -> Result<(u64, String), StoreError> {
@@ -441,13 +446,34 @@ pub struct JsonlStore {
     file: Option<std::fs::File>,
 }
 
+/// One record as a JSON line (the JSON lines sink and the journal share it).
 #[derive(serde::Deserialize)]
-struct Line<'a> {
-    seq: u64,
-    prev_hash: String,
-    hash: String,
+pub(crate) struct Line<'a> {
+    pub(crate) seq: u64,
+    pub(crate) prev_hash: String,
+    pub(crate) hash: String,
     #[serde(borrow)]
-    event: &'a serde_json::value::RawValue,
+    pub(crate) event: &'a serde_json::value::RawValue,
+}
+
+/// Appends `r` to `out` as one JSON line (its event is JSON text without raw newlines).
+pub(crate) fn encode_line(r: &Record, out: &mut Vec<u8>) {
+    use std::fmt::Write as _;
+    struct Bytes<'a>(&'a mut Vec<u8>);
+    impl std::fmt::Write for Bytes<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.extend_from_slice(s.as_bytes());
+            Ok(())
+        }
+    }
+    let _ = writeln!(
+        Bytes(out),
+        "{{\"seq\":{},\"prev_hash\":\"{}\",\"hash\":\"{}\",\"event\":{}}}",
+        r.seq,
+        r.prev_hash,
+        r.hash,
+        r.event
+    );
 }
 
 impl JsonlStore {
@@ -525,13 +551,7 @@ impl JsonlStore {
     fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
         let mut out = Vec::with_capacity(records.iter().map(|r| r.event.len() + 200).sum());
         for r in records {
-            out.extend_from_slice(
-                format!(
-                    "{{\"seq\":{},\"prev_hash\":\"{}\",\"hash\":\"{}\",\"event\":{}}}\n",
-                    r.seq, r.prev_hash, r.hash, r.event
-                )
-                .as_bytes(),
-            );
+            encode_line(r, &mut out);
         }
         match &self.path {
             None => {
