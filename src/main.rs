@@ -12,9 +12,6 @@ use portcullis::config::{Config, LogFormat, RawConfig};
 use portcullis_engine::Registry;
 use portcullis_transport::StdioOptions;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// An MCP server and gateway for teams.
 #[derive(Parser)]
 #[command(name = "portcullis", version, about)]

@@ -243,6 +243,9 @@ struct State {
     durable: (u64, String),
     /// Pending records, encoded, and the group they join.
     pending: Vec<u8>,
+    /// The last written group's buffer, cleared, for the next: a fresh large buffer per group
+    /// made glibc's malloc consolidate its free lists every time.
+    spare: Vec<u8>,
     records: Vec<Record>,
     batch: Arc<Batch>,
     /// The group being written, if any (then `files` is with its leader).
@@ -288,6 +291,7 @@ impl Committer {
                 durable: tail.clone(),
                 tail,
                 pending: Vec::with_capacity(64 * 1024),
+                spare: Vec::with_capacity(64 * 1024),
                 records: Vec::new(),
                 batch: Arc::default(),
                 inflight: None,
@@ -324,8 +328,9 @@ impl Committer {
         Ok(s.batch.clone())
     }
 
-    /// Resolves when `batch` is written (or failed), writing it if nobody else is.
-    pub(crate) async fn wait(&self, batch: Arc<Batch>) -> Result<(), AuditUnavailable> {
+    /// Resolves when `batch` is written (or failed), writing it if nobody else is. Dropping this
+    /// future never strands a group: a write, once started, finishes and releases its callers.
+    pub(crate) async fn wait(self: &Arc<Self>, batch: Arc<Batch>) -> Result<(), AuditUnavailable> {
         loop {
             let notified = batch.notify.notified();
             tokio::pin!(notified);
@@ -335,7 +340,16 @@ impl Committer {
                 return r.clone();
             }
             if let Some(lead) = self.take_lead(&batch) {
-                self.commit(lead).await;
+                if blocking_is_fine() {
+                    // The sync blocks this worker only; the others go on serving. A hand-off to
+                    // another thread would cost two context switches per group, more than the
+                    // write.
+                    self.commit(lead);
+                } else {
+                    // The blocking task owns the whole commit, so this future can go away.
+                    let this = self.clone();
+                    drop(tokio::task::spawn_blocking(move || this.commit(lead)));
+                }
                 continue;
             }
             notified.await;
@@ -349,14 +363,16 @@ impl Committer {
             return None;
         }
         let Some(files) = s.files.take() else {
-            // A leader's blocking task died with the files; nothing can be made durable.
+            // Only a write in flight holds the files (checked above); were that ever not so,
+            // failing the calls beats hanging them.
             let failed = std::mem::take(&mut s.batch);
             self.drop_pending(&mut s);
             drop(s);
             failed.finish(Err(AuditUnavailable("the audit journal is unavailable".into())));
             return None;
         };
-        let bytes = std::mem::replace(&mut s.pending, Vec::with_capacity(64 * 1024));
+        let spare = std::mem::take(&mut s.spare);
+        let bytes = std::mem::replace(&mut s.pending, spare);
         let records = std::mem::take(&mut s.records);
         let batch = std::mem::take(&mut s.batch);
         s.inflight = Some(batch.clone());
@@ -372,30 +388,16 @@ impl Committer {
     }
 
     /// Writes a group, then releases its callers and wakes the next group to elect a leader.
-    async fn commit(&self, lead: Lead) {
-        let Lead { batch, bytes, records, mut files } = lead;
+    fn commit(&self, lead: Lead) {
+        let Lead { batch, mut bytes, records, mut files } = lead;
         let last_seq = records.last().map_or(0, |r| r.seq);
-        let indexed = self.indexed.load(Ordering::Relaxed);
         let started = Instant::now();
-        let (files, written) = if blocking_is_fine() {
-            // The fdatasync blocks this worker only; the others go on serving. A hand-off to
-            // another thread would cost two context switches per group, more than the sync.
-            let written = files.write(&bytes, last_seq, indexed);
-            (Some(files), written)
-        } else {
-            match tokio::task::spawn_blocking(move || {
-                let written = files.write(&bytes, last_seq, indexed);
-                (files, written)
-            })
-            .await
-            {
-                Ok((files, written)) => (Some(files), written),
-                Err(e) => (None, Err(std::io::Error::other(e.to_string()))),
-            }
-        };
+        let written = files.write(&bytes, last_seq, self.indexed.load(Ordering::Relaxed));
         let mut s = self.lock();
-        s.files = files;
+        s.files = Some(files);
         s.inflight = None;
+        bytes.clear();
+        s.spare = bytes;
         self.stats.queued.fetch_sub(records.len(), Ordering::Relaxed);
         let mut failed_pending = None;
         let result = match written {
@@ -436,7 +438,7 @@ impl Committer {
     }
 
     /// Resolves once everything submitted before it is written to the journal.
-    pub(crate) async fn written(&self) -> Result<(), AuditUnavailable> {
+    pub(crate) async fn written(self: &Arc<Self>) -> Result<(), AuditUnavailable> {
         let target = {
             let s = self.lock();
             if s.records.is_empty() { s.inflight.clone() } else { Some(s.batch.clone()) }
@@ -596,6 +598,25 @@ mod tests {
         let log = start(&db);
         drop(log);
         assert_eq!(verified(&db), 44, "41 to 44 replayed; 45 fails its hash, so nothing after it is taken");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_mid_write_strands_nobody() {
+        let (dir, db) = fresh("dropped");
+        let log = start(&db);
+        // Polled once: it leads, its group's write starts on the blocking pool, then the caller
+        // is gone (a client that hung up).
+        let mut first = log.record(AuditEvent::new("call", None, "tools/call"));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(first.as_mut().poll(&mut cx).is_pending(), "still writing when dropped");
+        drop(first);
+        let next =
+            tokio::time::timeout(Duration::from_secs(5), log.record(AuditEvent::new("call", None, "tools/call")));
+        assert!(matches!(next.await, Ok(Ok(()))), "the next call is recorded");
+        log.flush().await.unwrap();
+        assert_eq!(verified(&db), 2, "the dropped caller's record was written too");
+        drop(log);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
