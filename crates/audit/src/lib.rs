@@ -152,7 +152,16 @@ impl AuditLog {
             (None, Durability::Async) => Gather::WhenIdle,
             (None, Durability::Durable) => Gather::No,
         };
-        let writer = Writer { store, rx, tail, opts: opts.clone(), stats: stats.clone(), indexed, gather };
+        let writer = Writer {
+            store,
+            rx,
+            tail,
+            opts: opts.clone(),
+            stats: stats.clone(),
+            indexed,
+            synced_at: Instant::now(),
+            gather,
+        };
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run())
@@ -259,10 +268,16 @@ struct Writer {
     tail: (u64, String),
     opts: AuditOptions,
     stats: Arc<AuditStats>,
-    /// Every record up to here is in the store (read by the journal).
+    /// Every record up to here is durable in the store (read by the journal).
     indexed: Arc<AtomicU64>,
+    /// When the store last made a commit synchronously (journal mode).
+    synced_at: Instant,
     gather: Gather,
 }
+
+/// With a journal, how often the store's commits wait for the disk (then the journal may reuse what
+/// they cover).
+const SYNC_EVERY: Duration = Duration::from_millis(100);
 
 /// Whether the writer lets a batch gather before writing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,9 +338,17 @@ impl Writer {
     /// Appends records sealed and made durable by the journal. They must not be lost, and their
     /// calls have been answered: a failure is retried until it succeeds (the journal refuses new
     /// calls once too many wait), or given up at shutdown (the next start replays them).
-    fn index(&mut self, records: Vec<Record>) {
+    ///
+    /// The store commits without waiting for the disk, except every [`SYNC_EVERY`] and when
+    /// `sync` (a flush waits): only then does `indexed` move on, so the journal never reuses a
+    /// record the store could still lose to a power cut.
+    fn index(&mut self, records: Vec<Record>, sync: bool) {
         let Some(last) = records.last() else { return };
         let new_tail = (last.seq, last.hash.clone());
+        let sync = sync || self.synced_at.elapsed() >= SYNC_EVERY;
+        if sync && let Err(e) = self.store.sync_commits(true) {
+            tracing::error!(error = %e, "audit store: cannot make its next commit synchronous");
+        }
         let mut failures = 0u32;
         while let Err(e) = self.append(&records, &new_tail) {
             failures += 1;
@@ -341,7 +364,16 @@ impl Writer {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.tail = new_tail;
-        self.indexed.store(self.tail.0, Ordering::Relaxed);
+        if sync {
+            match self.store.sync_commits(false) {
+                // The synchronous commit just made covers every earlier one.
+                Ok(()) => {
+                    self.indexed.store(self.tail.0, Ordering::Relaxed);
+                    self.synced_at = Instant::now();
+                }
+                Err(e) => tracing::error!(error = %e, "audit store: cannot make its commits asynchronous again"),
+            }
+        }
     }
 
     fn write(&mut self, jobs: &mut Vec<Job>) {
@@ -353,8 +385,19 @@ impl Writer {
             })
             .collect();
         jobs.retain(|j| matches!(j, Job::Event { .. }));
+        // With a journal the only events are flush markers: whoever flushes wants the store
+        // synced.
+        let flushing = !jobs.is_empty();
         if !sealed.is_empty() {
-            self.index(sealed);
+            self.index(sealed, flushing);
+        } else if flushing && self.gather == Gather::Always && self.indexed.load(Ordering::Relaxed) < self.tail.0 {
+            match self.store.sync() {
+                Ok(()) => {
+                    self.indexed.store(self.tail.0, Ordering::Relaxed);
+                    self.synced_at = Instant::now();
+                }
+                Err(e) => tracing::error!(error = %e, "audit store: sync failed"),
+            }
         }
         if jobs.is_empty() {
             return;

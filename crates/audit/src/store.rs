@@ -126,6 +126,31 @@ impl Store {
         }
     }
 
+    /// Behind a journal (SQLite only): whether the next commits wait for the disk
+    /// (`synchronous = FULL`) or not (`NORMAL`: a commit is durable after the next synchronous one
+    /// or checkpoint). The other stores are always written durably; nothing changes for them.
+    pub fn sync_commits(&mut self, full: bool) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => {
+                s.db.execute_batch(if full { "PRAGMA synchronous = FULL;" } else { "PRAGMA synchronous = NORMAL;" })
+                    .map_err(|e| err(&s.place, e))
+            }
+            Self::Postgres(_) | Self::Jsonl(_) => Ok(()),
+        }
+    }
+
+    /// Makes every commit so far durable (SQLite: a checkpoint, which syncs the WAL first).
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => {
+                s.db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
+                    .map(drop)
+                    .map_err(|e| err(&s.place, e))
+            }
+            Self::Postgres(_) | Self::Jsonl(_) => Ok(()),
+        }
+    }
+
     /// The last record's (seq, hash), or (0, genesis) when empty.
     pub fn tail(&mut self) -> Result<(u64, String), StoreError> {
         match self {
