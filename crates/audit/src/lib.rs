@@ -345,10 +345,13 @@ impl Writer {
     fn index(&mut self, records: Vec<Record>, sync: bool) {
         let Some(last) = records.last() else { return };
         let new_tail = (last.seq, last.hash.clone());
-        let sync = sync || self.synced_at.elapsed() >= SYNC_EVERY;
-        if sync && let Err(e) = self.store.sync_commits(true) {
-            tracing::error!(error = %e, "audit store: cannot make its next commit synchronous");
-        }
+        // Only a commit known to be synchronous may move `indexed` on.
+        let sync = (sync || self.synced_at.elapsed() >= SYNC_EVERY)
+            && self
+                .store
+                .sync_commits(true)
+                .inspect_err(|e| tracing::error!(error = %e, "audit store: cannot make its next commit synchronous"))
+                .is_ok();
         let mut failures = 0u32;
         while let Err(e) = self.append(&records, &new_tail) {
             failures += 1;
