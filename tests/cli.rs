@@ -1,5 +1,6 @@
 //! The command line around the server: `portcullis policy explain` on the seed S001 team
-//! (examples/team.toml), for a described principal and for a real token read from stdin.
+//! (examples/team.toml), for a described principal and for a real token read from stdin; and
+//! `portcullis audit verify` taking back what the audit journal holds beyond the store.
 
 #![allow(clippy::unwrap_used)]
 
@@ -63,5 +64,46 @@ fn policy_explain_names_the_decision_and_its_rule() {
     let out = explain(&["--token-stdin", "--tool", "trigger_pipeline"], Some(&token));
     assert!(out.contains("sub=ci") && out.contains("ALLOW (rule role:cicd)"), "{out}");
     assert!(!out.contains(token.trim()), "the token is never printed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_takes_back_what_the_journal_holds() {
+    use portcullis_audit::{AuditLog, AuditOptions, SqliteStore, Store};
+    use portcullis_engine::{AuditEvent, Auditor as _};
+
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("audit.db");
+    let log =
+        AuditLog::start(Store::Sqlite(SqliteStore::open(&db).unwrap()), AuditOptions::default(), "t".into()).unwrap();
+    for i in 0..20 {
+        let mut e = AuditEvent::new("call", None, "tools/call");
+        e.target = Some(format!("tool-{i}"));
+        log.record(e).await.unwrap();
+    }
+    drop(log);
+    // The store loses its last five records (a power cut before its sync); the journal has them.
+    rusqlite::Connection::open(&db).unwrap().execute("DELETE FROM audit_log WHERE seq > 15", []).unwrap();
+    let cfg = dir.join("audit.toml");
+    std::fs::write(&cfg, format!("[audit]\npath = {:?}\n", db.display().to_string())).unwrap();
+    let verify = || {
+        let child = Command::new(BIN)
+            .args(["audit", "verify", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = output_within(child, Duration::from_secs(20));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (stdout, stderr) = verify();
+    assert!(stdout.starts_with("ok: 20 records"), "{stdout}");
+    assert!(stderr.contains("took 5 records from the audit journal"), "{stderr}");
+    let (stdout, stderr) = verify();
+    assert!(stdout.starts_with("ok: 20 records") && !stderr.contains("took"), "once only: {stdout} {stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
