@@ -539,11 +539,7 @@ mod tests {
 
     /// A fresh directory and the database path in it.
     fn fresh(test: &str) -> (PathBuf, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("portcullis-journal-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("audit.db");
-        (dir, db)
+        crate::tests::fresh(&format!("journal-{test}"), "audit.db")
     }
 
     /// Small files, so that a few thousand records fill and reuse both.

@@ -530,7 +530,7 @@ pub fn verify(store: &mut Store, progress: &mut dyn FnMut(u64, u64)) -> Result<R
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -554,7 +554,7 @@ mod tests {
     }
 
     /// An empty directory of this test's own, and the path of `file` in it.
-    fn fresh(test: &str, file: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    pub(crate) fn fresh(test: &str, file: &str) -> (std::path::PathBuf, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("portcullis-audit-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

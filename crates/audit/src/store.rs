@@ -117,7 +117,7 @@ impl Store {
     /// moments may be lost if the machine itself fails.
     pub fn relax(&mut self) -> Result<(), StoreError> {
         match self {
-            Self::Sqlite(s) => s.db.execute_batch("PRAGMA synchronous = NORMAL;").map_err(|e| err(&s.place, e)),
+            Self::Sqlite(_) => self.sync_commits(false),
             Self::Postgres(s) => s.client.batch_execute("SET synchronous_commit = off").map_err(|e| err(&s.place, e)),
             Self::Jsonl(s) => {
                 s.sync = false;
