@@ -604,6 +604,47 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_refuses_its_calls_and_the_chain_goes_on_without_them() {
+        let (dir, db) = fresh("failed");
+        let log = start(&db);
+        record(&log, 20).await;
+        let committer = log.journal.clone().unwrap();
+        let swap = |files: [File; 2]| loop {
+            // Between groups: no write holds the files.
+            if let Some(f) = committer.lock().files.as_mut() {
+                f.files = files;
+                return;
+            }
+            std::thread::yield_now();
+        };
+        // Handles opened for reading: every write fails (EBADF), as a dying disk's would.
+        let [j0, j1] = paths(&db);
+        swap([File::open(&j0).unwrap(), File::open(&j1).unwrap()]);
+        let mut callers = Vec::new();
+        for _ in 0..16 {
+            let log = log.clone();
+            callers.push(tokio::spawn(async move { log.record(AuditEvent::new("call", None, "tools/call")).await }));
+        }
+        for c in callers {
+            assert!(c.await.unwrap().is_err(), "no result is released without its record");
+        }
+        assert!(log.stats().failures.load(Ordering::Relaxed) > 0);
+        let writable = |p: &Path| std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        swap([writable(&j0), writable(&j1)]);
+        record(&log, 10).await;
+        log.flush().await.unwrap();
+        assert_eq!(log.stats().queued.load(Ordering::Relaxed), 0, "nothing left counted as queued");
+        drop(log);
+        assert_eq!(verified(&db), 30, "the refused calls left no records; the chain has no gap");
+        // The journal agrees: the store loses its last 15 records, the journal gives them back
+        // (the 10 after the failure were written where the failed group went).
+        lose_after(&db, 15);
+        drop(start(&db));
+        assert_eq!(verified(&db), 30);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_damaged_record_ends_the_replay_before_it() {
         let (dir, db) = fresh("damaged");
         let log = start(&db);
