@@ -475,8 +475,12 @@ fn stored_json(event: &AuditEvent, redact: &[String], hash_key: Option<&[u8]>) -
 }
 
 fn key_matches(key: &str, patterns: &[String]) -> bool {
-    let key = key.to_ascii_lowercase();
-    patterns.iter().any(|p| portcullis_engine::policy::glob(&p.to_ascii_lowercase(), &key))
+    // Copies only what has capitals (most keys and patterns have none).
+    fn lower(s: &str) -> std::borrow::Cow<'_, str> {
+        if s.bytes().any(|b| b.is_ascii_uppercase()) { s.to_ascii_lowercase().into() } else { s.into() }
+    }
+    let key = lower(key);
+    patterns.iter().any(|p| portcullis_engine::policy::glob(&lower(p), &key))
 }
 
 /// True when some key at any depth matches a pattern (most arguments need no copy).

@@ -205,26 +205,30 @@ impl Policy {
 /// Shell-style wildcard match: `*` is any run of characters (including `/`), `?` one character.
 /// Linear time: on a mismatch, only the last `*` is widened.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Byte offsets on character boundaries: no allocation (this runs per key, per pattern, per
+    // call).
+    let at = |s: &str, i: usize| s[i..].chars().next();
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
+    while let Some(tc) = at(text, ti) {
+        let pc = at(pattern, pi);
         // `*` in the pattern first: a `*` in the text is an ordinary character.
-        if pi < p.len() && p[pi] == '*' {
+        if pc == Some('*') {
             star = Some((pi, ti));
             pi += 1;
-        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
+        } else if let Some(pc) = pc.filter(|&c| c == '?' || c == tc) {
+            pi += pc.len_utf8();
+            ti += tc.len_utf8();
         } else if let Some((sp, st)) = star {
+            let next = st + at(text, st).map_or(1, char::len_utf8);
             pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
+            ti = next;
+            star = Some((sp, next));
         } else {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    pattern[pi..].chars().all(|c| c == '*')
 }
 
 #[cfg(test)]
@@ -351,6 +355,40 @@ mod tests {
         assert!(glob("*b", "*ab") && glob("files://*/acme/*", "files://*/x/acme/y") && glob("a?", "a*"));
         for (p, t) in [("get_*", "set_x"), ("a?c", "ac"), ("abc", "abcd"), ("a*b*c", "aXbY"), ("", "x"), ("a*", "b*")] {
             assert!(!glob(p, t), "{p} !~ {t}");
+        }
+    }
+
+    /// Against the definition, written the slow way, on every pattern and text of up to four
+    /// characters over an alphabet with a two-byte character in it.
+    #[test]
+    fn globs_agree_with_the_definition() {
+        fn reference(p: &[char], t: &[char]) -> bool {
+            match (p.first(), t.first()) {
+                (None, _) => t.is_empty(),
+                (Some('*'), _) => reference(&p[1..], t) || (!t.is_empty() && reference(p, &t[1..])),
+                (Some(&c), Some(&d)) if c == '?' || c == d => reference(&p[1..], &t[1..]),
+                _ => false,
+            }
+        }
+        fn all(alphabet: &[char], len: usize) -> Vec<Vec<char>> {
+            let mut out = vec![Vec::new()];
+            let mut last = vec![Vec::new()];
+            for _ in 0..len {
+                last = last
+                    .iter()
+                    .flat_map(|w: &Vec<char>| alphabet.iter().map(move |&c| [w.clone(), vec![c]].concat()))
+                    .collect();
+                out.extend(last.clone());
+            }
+            out
+        }
+        let patterns = all(&['a', 'é', '*', '?'], 4);
+        let texts = all(&['a', 'é', '*'], 4);
+        for p in &patterns {
+            for t in &texts {
+                let (ps, ts): (String, String) = (p.iter().collect(), t.iter().collect());
+                assert_eq!(glob(&ps, &ts), reference(p, t), "{ps:?} ~ {ts:?}");
+            }
         }
     }
 }
