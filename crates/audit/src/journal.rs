@@ -645,6 +645,47 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_store_refuses_calls_past_the_lag_bound_and_loses_none() {
+        let (dir, db) = fresh("stuck");
+        let opts = AuditOptions { max_queue: 50, ..small() };
+        let log = Arc::new(AuditLog::start(Store::Sqlite(SqliteStore::open(&db).unwrap()), opts, "t".into()).unwrap());
+        record(&log, 10).await;
+        log.flush().await.unwrap();
+        // Another connection holds the write lock: every append of the indexer fails, and it
+        // retries while the journal keeps the records.
+        let blocker = rusqlite::Connection::open(&db).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let (mut answered, mut refused) = (0u64, 0u64);
+        for _ in 0..200 {
+            match log.record(AuditEvent::new("call", None, "tools/call")).await {
+                Ok(()) => answered += 1,
+                Err(e) => {
+                    assert!(e.0.contains("not keeping up"), "{}", e.0);
+                    refused += 1;
+                }
+            }
+        }
+        assert!((1..=50).contains(&answered), "answered up to the bound: {answered}");
+        assert_eq!(answered + refused, 200);
+        // Long enough for the indexer to have tried (it gathers for 10 ms): the store still holds
+        // only what it had; the answered calls' records are in the journal alone.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stored = |db: &Path| -> i64 {
+            let c = rusqlite::Connection::open(db).unwrap();
+            c.query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(stored(&db), 10, "the store was stuck");
+        blocker.execute_batch("COMMIT").unwrap();
+        drop(blocker);
+        // The store catches up; calls are taken again.
+        log.flush().await.unwrap();
+        record(&log, 10).await;
+        drop(log);
+        assert_eq!(verified(&db), 10 + answered + 10, "every answered call has its record, in one chain");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_damaged_record_ends_the_replay_before_it() {
         let (dir, db) = fresh("damaged");
         let log = start(&db);
