@@ -690,6 +690,9 @@ pub struct ServerSection {
     /// Origins accepted in `Origin`: full origins (`https://app.example.com`) or host names.
     /// Default: the loopback names when listening on loopback, otherwise any origin.
     pub allowed_origins: Option<Vec<String>>,
+    /// Answer CORS for the allowed origins, so browser-based clients can read responses
+    /// (default `true`; without credentials mode).
+    pub cors: bool,
     /// How long shutdown waits for in-flight requests (default `10s`).
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
@@ -823,6 +826,7 @@ impl Default for ServerSection {
             max_json_depth: 64,
             allowed_hosts: None,
             allowed_origins: None,
+            cors: true,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -968,6 +972,7 @@ impl Config {
                 max_body_bytes: s.max_body_bytes,
                 max_json_depth: s.max_json_depth,
                 origins,
+                cors: s.cors,
                 session_idle_ttl: raw.sessions.idle_ttl,
                 max_sessions: raw.sessions.max,
                 max_sessions_per_principal: raw.sessions.max_per_principal,

@@ -420,3 +420,82 @@ async fn tenant_tools_and_resources_stay_with_their_tenant_under_any_spelling() 
     let v: Value = r.json().await.unwrap();
     assert!(v["result"]["structuredContent"]["data"].is_array(), "{v}");
 }
+
+/// What a web page on `origin` sees of a request: the CORS headers of the response.
+async fn cors_of(rb: reqwest::RequestBuilder, origin: &str) -> (u16, reqwest::header::HeaderMap) {
+    let r = rb.header("origin", origin).send().await.unwrap();
+    (r.status().as_u16(), r.headers().clone())
+}
+
+fn preflight(d: &Dev, path: &str, method: &str, headers: &str) -> reqwest::RequestBuilder {
+    d.http
+        .request(reqwest::Method::OPTIONS, format!("{}{path}", d.base))
+        .header("access-control-request-method", method)
+        .header("access-control-request-headers", headers)
+}
+
+fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> Option<&'h str> {
+    h.get(name).map(|v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn a_browser_client_on_an_allowed_origin_can_read_every_step_and_others_cannot() {
+    let d = start().await;
+    // The MCP Inspector's web page: a loopback origin, which the loopback default allows.
+    let page = "http://localhost:6274";
+    let (status, h) =
+        cors_of(preflight(&d, "/mcp", "POST", "authorization,content-type,mcp-protocol-version"), page).await;
+    assert!((200..300).contains(&status), "preflight answered: {status}");
+    assert_eq!(header(&h, "access-control-allow-origin"), Some(page));
+    assert!(header(&h, "access-control-allow-methods").unwrap().contains("POST"));
+    assert!(header(&h, "access-control-allow-headers").unwrap().contains("authorization"));
+    assert_eq!(header(&h, "access-control-allow-credentials"), None, "no credentials mode");
+
+    // No token: the 401's challenge must be readable, or the page cannot find the metadata.
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
+    let post = || d.http.post(d.resource()).header("accept", "application/json, text/event-stream").json(&init);
+    let (status, h) = cors_of(post(), page).await;
+    assert_eq!(status, 401);
+    assert_eq!(header(&h, "access-control-allow-origin"), Some(page));
+    assert!(header(&h, "access-control-expose-headers").unwrap().contains("www-authenticate"));
+    assert!(h.contains_key("www-authenticate"));
+
+    // Discovery, registration and the token endpoint, from the page.
+    for path in ["/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-authorization-server"] {
+        let (status, h) = cors_of(d.http.get(format!("{}{path}", d.base)), page).await;
+        assert_eq!((status, header(&h, "access-control-allow-origin")), (200, Some(page)), "{path}");
+    }
+    for path in ["/register", "/token"] {
+        let (_, h) = cors_of(preflight(&d, path, "POST", "content-type"), page).await;
+        assert_eq!(header(&h, "access-control-allow-origin"), Some(page), "{path}");
+    }
+
+    // With a token: the session id is readable.
+    let token = d.mint("you", "mcp:tools", &[]);
+    let (status, h) = cors_of(post().bearer_auth(&token), page).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "access-control-allow-origin"), Some(page));
+    assert!(h.contains_key("mcp-session-id"));
+    assert!(header(&h, "access-control-expose-headers").unwrap().contains("mcp-session-id"));
+
+    // A page elsewhere gets nothing to read: no CORS answer, and the request itself is refused.
+    let evil = "http://evil.example.com";
+    let (_, h) = cors_of(preflight(&d, "/mcp", "POST", "authorization"), evil).await;
+    assert_eq!(header(&h, "access-control-allow-origin"), None);
+    let (status, h) = cors_of(post().bearer_auth(&token), evil).await;
+    assert_eq!((status, header(&h, "access-control-allow-origin")), (403, None));
+    let (status, h) = cors_of(d.http.get(format!("{}/.well-known/oauth-authorization-server", d.base)), evil).await;
+    assert_eq!((status, header(&h, "access-control-allow-origin")), (403, None));
+}
+
+#[tokio::test]
+async fn with_cors_off_no_page_may_read_responses() {
+    let d = start_with(|c| c.server.cors = false).await;
+    let (_, h) = cors_of(preflight(&d, "/mcp", "POST", "authorization"), "http://localhost:6274").await;
+    assert_eq!(header(&h, "access-control-allow-origin"), None);
+    let (status, h) =
+        cors_of(d.http.get(format!("{}/.well-known/oauth-authorization-server", d.base)), "http://localhost:6274")
+            .await;
+    assert_eq!((status, header(&h, "access-control-allow-origin")), (200, None));
+}

@@ -1,6 +1,6 @@
 //! DNS-rebinding protection (2025-11-25 basic/transports §Security Warning): the `Host` header
 //! and, when present, the `Origin` header must name an allowed host. Checked before anything
-//! else reads the request.
+//! else reads the request. The same origins are the ones CORS answers for (`http.rs`).
 
 use http::HeaderMap;
 use http::header::{HOST, ORIGIN};
@@ -38,24 +38,26 @@ impl OriginPolicy {
                 return Err(Refusal::Host);
             }
         }
-        if let Some(origin) = headers.get(ORIGIN) {
-            if self.origins.is_empty() {
-                return Ok(());
-            }
-            let origin = origin.to_str().map_err(|_| Refusal::Origin)?;
-            let host = origin.split_once("://").map(|(_, rest)| host_part(rest));
-            let ok = self.origins.iter().any(|allowed| {
-                if allowed.contains("://") {
-                    allowed.eq_ignore_ascii_case(origin)
-                } else {
-                    host.is_some_and(|h| allowed.eq_ignore_ascii_case(h))
-                }
-            });
-            if !ok {
-                return Err(Refusal::Origin);
-            }
+        match headers.get(ORIGIN) {
+            Some(origin) if !self.allows_origin(origin) => Err(Refusal::Origin),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Whether an `Origin` header value is allowed (also what CORS answers for).
+    pub(crate) fn allows_origin(&self, origin: &http::HeaderValue) -> bool {
+        if self.origins.is_empty() {
+            return true;
+        }
+        let Ok(origin) = origin.to_str() else { return false };
+        let host = origin.split_once("://").map(|(_, rest)| host_part(rest));
+        self.origins.iter().any(|allowed| {
+            if allowed.contains("://") {
+                allowed.eq_ignore_ascii_case(origin)
+            } else {
+                host.is_some_and(|h| allowed.eq_ignore_ascii_case(h))
+            }
+        })
     }
 }
 

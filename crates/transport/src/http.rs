@@ -47,6 +47,11 @@ pub struct HttpOptions {
     pub max_json_depth: usize,
     /// DNS-rebinding protection.
     pub origins: OriginPolicy,
+    /// Answer CORS for the origins `origins` allows, so that browser-based clients (the MCP
+    /// Inspector's web page, say) can read responses: preflights answered, `Mcp-Session-Id`,
+    /// `WWW-Authenticate` and `Retry-After` exposed, no credentials mode (tokens travel in
+    /// `Authorization`, never in cookies).
+    pub cors: bool,
     /// Sessions idle longer than this are ended.
     pub session_idle_ttl: Duration,
     /// Most sessions at once (Streamable HTTP and HTTP+SSE counted separately).
@@ -151,6 +156,7 @@ impl Default for HttpOptions {
             max_body_bytes: 4 * 1024 * 1024,
             max_json_depth: 64,
             origins: OriginPolicy::loopback(),
+            cors: true,
             session_idle_ttl: Duration::from_secs(30 * 60),
             max_sessions: 10_000,
             max_sessions_per_principal: 1000,
@@ -238,7 +244,33 @@ pub fn router(
             },
         )));
     }
+    if opts.cors {
+        router = router.layer(cors(opts.origins.clone()));
+    }
     router
+}
+
+/// CORS for browser-based clients, on every route (MCP, metadata, the dev authorization server).
+/// Answers preflights itself; a request from an origin `origins` refuses gets no CORS headers
+/// (and the 403 of the origin check). 2025-11-25 basic/transports: the server validates `Origin`
+/// on every request; CORS only lets an allowed page read what it was already allowed to ask.
+fn cors(origins: OriginPolicy) -> tower_http::cors::CorsLayer {
+    use http::Method;
+    use http::header::{HeaderName, RETRY_AFTER, WWW_AUTHENTICATE};
+    use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| origins.allows_origin(origin)))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        // Whatever the page asks to send (`Authorization`, `Mcp-Session-Id`, an API-key header):
+        // without credentials mode, nothing ambient rides along.
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers([
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("mcp-protocol-version"),
+            WWW_AUTHENTICATE,
+            RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
 /// Serves `router` on `listener` until `signal` resolves, then stops accepting, ends SSE streams,
