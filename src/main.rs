@@ -341,7 +341,11 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         principal.roles.join(","),
         principal.scopes.join(" ")
     );
-    let verdict = match config.policy.decide(&principal, kind, target) {
+    let decision = match kind {
+        Kind::Resource => config.policy.decide_resource(&principal, target, None),
+        _ => config.policy.decide(&principal, kind, target),
+    };
+    let verdict = match decision {
         Decision::Allow { rule } => format!("ALLOW (rule {rule})"),
         Decision::Hide { rule, reason } => {
             format!("HIDDEN (rule {rule}: {reason}); listed: no; calling it answers as unknown")

@@ -200,6 +200,20 @@ impl Policy {
             None => Decision::Allow { rule: grant.clone() },
         }
     }
+
+    /// [`Policy::decide`] for a resource URI: the strictest decision for the URI as written, as
+    /// percent-decoded (a pattern on `file:///a/*` must also cover `file:///a%2Fb`), and the URI
+    /// template serving it, if any. Reads, subscriptions and lists all ask this.
+    pub fn decide_resource(&self, principal: &Principal, uri: &str, template: Option<&str>) -> Decision {
+        let mut d = self.decide(principal, Kind::Resource, uri);
+        if let Some(decoded) = crate::template::percent_decode(uri).filter(|d| d != uri) {
+            d = d.strictest(self.decide(principal, Kind::Resource, &decoded));
+        }
+        if let Some(t) = template {
+            d = d.strictest(self.decide(principal, Kind::Resource, t));
+        }
+        d
+    }
 }
 
 /// Shell-style wildcard match: `*` is any run of characters (including `/`), `?` one character.
