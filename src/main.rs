@@ -179,6 +179,9 @@ enum TokenCommand {
         /// A client id: every token issued to that client.
         #[arg(long, group = "what")]
         client: Option<String>,
+        /// Lift that revocation instead: accepted again from the next request.
+        #[arg(long)]
+        lift: bool,
     },
 }
 
@@ -205,8 +208,8 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::ApiKey { name } => api_key(&name),
         Command::Token(args) => match *args {
-            TokenArgs { action: Some(TokenCommand::Revoke { config, jti, sub, client }), .. } => {
-                revoke(config.as_ref(), jti, sub, client)
+            TokenArgs { action: Some(TokenCommand::Revoke { config, jti, sub, client, lift }), .. } => {
+                revoke(config.as_ref(), jti, sub, client, lift)
             }
             TokenArgs { action: None, mint } => mint_token(&mint),
         },
@@ -246,6 +249,7 @@ fn revoke(
     jti: Option<String>,
     sub: Option<String>,
     client: Option<String>,
+    lift: bool,
 ) -> anyhow::Result<()> {
     use portcullis_auth::Revoke;
     let raw = load_raw(config, None)?;
@@ -257,12 +261,20 @@ fn revoke(
     };
     let store = portcullis::config::revocation_store(&raw.auth)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(store.revoke(&what))?;
     let place = match (&raw.auth.revocation_redis, &raw.auth.revocation_redis_env) {
         (None, None) => raw.auth.revocation_db.display().to_string(),
         _ => format!("Redis hash {}", raw.auth.revocation_redis_key),
     };
-    eprintln!("revoked {what:?} in {place}");
+    if lift {
+        if runtime.block_on(store.lift(&what))? {
+            eprintln!("lifted the revocation of {what:?} in {place}");
+        } else {
+            anyhow::bail!("{what:?} is not revoked in {place}: nothing to lift");
+        }
+    } else {
+        runtime.block_on(store.revoke(&what))?;
+        eprintln!("revoked {what:?} in {place}");
+    }
     Ok(())
 }
 

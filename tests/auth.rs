@@ -495,6 +495,12 @@ async fn revocations_in_redis_reach_every_replica_on_the_next_request() {
     assert_eq!(init_with(&b, &bob).await.status(), 200);
     probe.revoke(&portcullis_auth::Revoke::Subject("bob".into())).await.unwrap();
     assert_eq!(init_with(&a, &bob).await.status(), 401);
+    // Lifted once, accepted again by every replica; lifting again finds nothing.
+    assert!(probe.lift(&portcullis_auth::Revoke::Subject("bob".into())).await.unwrap());
+    assert_eq!(init_with(&a, &bob).await.status(), 200);
+    assert_eq!(init_with(&b, &bob).await.status(), 200);
+    assert!(!probe.lift(&portcullis_auth::Revoke::Subject("bob".into())).await.unwrap());
+    assert_eq!(init_with(&b, &token).await.status(), 401, "alice's token stays revoked");
     // Clean up the test's hash.
     let client = redis::Client::open("redis://127.0.0.1:6379/0").unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();

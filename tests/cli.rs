@@ -107,3 +107,37 @@ async fn audit_verify_takes_back_what_the_journal_holds() {
     assert!(stdout.starts_with("ok: 20 records") && !stderr.contains("took"), "once only: {stdout} {stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn token_revoke_and_lift_reach_the_list_a_server_reads() {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-revoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("revocations.db");
+    std::fs::write(dir.join("c.toml"), format!("[auth]\nrevocation_db = {:?}\n", db.display().to_string())).unwrap();
+    let run = |args: &[&str]| {
+        let child = Command::new(BIN)
+            .current_dir(&dir)
+            .args(["token", "revoke", "--config", "c.toml"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = output_within(child, Duration::from_secs(20));
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // What a running server would hold open, reading the same file.
+    let server = portcullis_auth::Revocations::open(&db).unwrap();
+    let bob = portcullis_engine::Principal { subject: "bob".into(), ..portcullis_engine::Principal::anonymous() };
+    let (ok, err) = run(&["--sub", "bob"]);
+    assert!(ok && err.contains("revoked"), "{err}");
+    assert!(server.is_revoked(&bob).await.unwrap());
+    let (ok, err) = run(&["--sub", "bob", "--lift"]);
+    assert!(ok && err.contains("lifted"), "{err}");
+    assert!(!server.is_revoked(&bob).await.unwrap(), "accepted again on the next check");
+    let (ok, err) = run(&["--sub", "bob", "--lift"]);
+    assert!(!ok && err.contains("nothing to lift"), "{err}");
+    let (ok, err) = run(&["--lift"]);
+    assert!(!ok && err.contains("exactly one"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

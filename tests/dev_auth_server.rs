@@ -264,7 +264,7 @@ async fn client_id_metadata_documents() {
 }
 
 #[tokio::test]
-async fn admin_api_revokes_with_the_admin_scope_only() {
+async fn admin_api_revokes_and_lifts_with_the_admin_scope_only() {
     let d = start().await;
     let (_, c) = d.register(json!({ "grant_types": ["client_credentials"] })).await;
     let (id, secret) = (c["client_id"].as_str().unwrap(), c["client_secret"].as_str().unwrap());
@@ -293,6 +293,17 @@ async fn admin_api_revokes_with_the_admin_scope_only() {
     let r = d.http.post(&admin_url).bearer_auth(&admin).json(&json!({ "client": id })).send().await.unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(d.mcp(&user).await, 401, "revoked on the very next request");
+
+    // Lifting takes the admin scope too, lets the client back in on the next request, and
+    // answers 404 when there is nothing to lift.
+    let lift_url = format!("{admin_url}/lift");
+    let r = d.http.post(&lift_url).bearer_auth(&user).json(&json!({ "client": id })).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the revoked token cannot lift its own revocation");
+    let r = d.http.post(&lift_url).bearer_auth(&admin).json(&json!({ "client": id })).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(d.mcp(&user).await, 200, "accepted again on the very next request");
+    let r = d.http.post(&lift_url).bearer_auth(&admin).json(&json!({ "client": id })).send().await.unwrap();
+    assert_eq!(r.status(), 404);
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ pub use dev::DevKey;
 pub use introspect::Introspection;
 pub use jwks::{Jwks, JwksOptions};
 pub use jwt::{ClaimMapping, Issuer, IssuerKeys, JwtError};
-pub use revocation::{Revocations, Revoke};
+pub use revocation::{RevocationError, Revocations, Revoke};
 
 /// Tokens longer than this are refused before any parsing (a real access token is a few KB).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

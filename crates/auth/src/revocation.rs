@@ -171,6 +171,25 @@ impl Revocations {
         }
     }
 
+    /// Lifts a revocation (a mistaken one, or a user let back in): accepted again from the next
+    /// request, everywhere the list is shared. Returns whether there was one to lift.
+    pub async fn lift(&self, what: &Revoke) -> Result<bool, RevocationError> {
+        let (kind, value) = what.kind();
+        match &self.backend {
+            Backend::Sqlite(l) => l.lift(kind, value),
+            Backend::Redis(r) => {
+                let mut conn = r.conn().await?;
+                let removed: i64 = redis::cmd("HDEL")
+                    .arg(&r.key)
+                    .arg(format!("{kind}:{value}"))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| r.err(&e))?;
+                Ok(removed > 0)
+            }
+        }
+    }
+
     /// True when `p`'s token, subject or client is revoked; an error when that cannot be known
     /// (the caller fails closed).
     pub async fn is_revoked(&self, p: &Principal) -> Result<bool, RevocationError> {
@@ -227,6 +246,17 @@ impl SqliteList {
             )
             .map_err(err)?;
         self.reload().map_err(err)
+    }
+
+    fn lift(&self, kind: &str, value: &str) -> Result<bool, RevocationError> {
+        let err = |e: rusqlite::Error| RevocationError { place: "(sqlite)".into(), reason: e.to_string() };
+        let removed = self
+            .lock()
+            .execute("DELETE FROM revocations WHERE kind = ?1 AND value = ?2", rusqlite::params![kind, value])
+            .map_err(err)?;
+        // This connection's own commits do not move `data_version`: reload here.
+        self.reload().map_err(err)?;
+        Ok(removed > 0)
     }
 
     /// The WAL-index header now, if it can be read.
@@ -369,7 +399,15 @@ mod tests {
         cli.revoke(&Revoke::Subject("bob".into())).await.unwrap();
         assert!(server.is_revoked(&r).await.unwrap());
         drop((server, cli));
-        assert!(Revocations::open(&path).unwrap().is_revoked(&r).await.unwrap(), "persisted");
+        let server = Revocations::open(&path).unwrap();
+        assert!(server.is_revoked(&r).await.unwrap(), "persisted");
+        // Lifted by another connection: accepted again on the next check; lifting twice finds
+        // nothing; the other revocations stay.
+        let cli = Revocations::open(&path).unwrap();
+        assert!(cli.lift(&Revoke::Subject("bob".into())).await.unwrap());
+        assert!(!server.is_revoked(&r).await.unwrap(), "lifted on the very next check");
+        assert!(!cli.lift(&Revoke::Subject("bob".into())).await.unwrap(), "nothing left to lift");
+        assert!(server.is_revoked(&q).await.unwrap(), "the client's revocation stays");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
