@@ -118,7 +118,7 @@ async fn authorized(a: &Admin, headers: &HeaderMap, body: &[u8]) -> Result<(Revo
             ));
         }
     };
-    if !principal.scopes.iter().any(|s| *s == a.scope) {
+    if !principal.scopes.contains(&a.scope) {
         let challenge = format!("Bearer error=\"insufficient_scope\", scope=\"{}\"", a.scope);
         let message = format!("the admin API needs the scope {}", a.scope);
         return Err(refuse(StatusCode::FORBIDDEN, Some(challenge), "insufficient_scope", &message));
@@ -135,7 +135,7 @@ async fn authorized(a: &Admin, headers: &HeaderMap, body: &[u8]) -> Result<(Revo
             "the body must be application/json",
         ));
     }
-    let what = match serde_json::from_slice::<Value>(&body) {
+    let what = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) if o.len() == 1 => match o.iter().next() {
             Some((k, Value::String(v))) if !v.is_empty() => match k.as_str() {
                 "jti" => Some(Revoke::TokenId(v.clone())),
