@@ -513,10 +513,11 @@ impl Engine {
         }
     }
 
-    /// The decision for reading (or subscribing to) `uri`, served by `template` if not static:
-    /// the strictest of the decisions on the URI as sent, on its percent-decoded form (what a
-    /// template hands its reader) and on the template itself (what `resources/templates/list`
-    /// shows), so no spelling of a URI reaches more than the listing suggests.
+    /// The decision for listing, reading or subscribing to `uri`, served by `template` if not
+    /// static: the strictest of the decisions on the URI as sent, on its percent-decoded form
+    /// (what a template hands its reader) and on the template itself (what
+    /// `resources/templates/list` shows), so no spelling of a URI reaches more than the listing
+    /// suggests.
     fn decide_resource(&self, principal: &Principal, uri: &str, template: Option<&str>) -> Decision {
         self.policy.decide_resource(principal, uri, template)
     }
