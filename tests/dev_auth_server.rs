@@ -490,6 +490,11 @@ async fn a_browser_client_on_an_allowed_origin_can_read_every_step_and_others_ca
     assert!(h.contains_key("mcp-session-id"));
     assert!(header(&h, "access-control-expose-headers").unwrap().contains("mcp-session-id"));
 
+    // A client that is no browser (no Origin) gets no CORS headers at all.
+    let r = post().bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().keys().any(|k| k.as_str().starts_with("access-control-")), "{:?}", r.headers());
+
     // A page elsewhere gets nothing to read: no CORS answer, and the request itself is refused.
     let evil = "http://evil.example.com";
     let (_, h) = cors_of(preflight(&d, "/mcp", "POST", "authorization"), evil).await;
