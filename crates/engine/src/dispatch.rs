@@ -326,24 +326,32 @@ impl Engine {
             "prompts/get" => return self.get_prompt(session, principal, req, sink),
             // Lists hold exactly what the same principal may call (policy.rs).
             "tools/list" => self.list(req.params, "tools", |c| {
-                c.tools.iter().filter(|t| visible(Kind::Tool, &t.name)).map(|t| t.definition.get().to_owned()).collect()
+                c.tools
+                    .iter()
+                    .filter(|t| visible(Kind::Tool, &t.name))
+                    .map(|t| (t.name.clone(), t.definition.get().to_owned()))
+                    .collect()
             }),
             "resources/list" => self.list(req.params, "resources", |c| {
                 c.resources
                     .iter()
                     .filter(|r| self.decide_resource(principal, &r.uri, None).visible())
-                    .map(|r| r.definition.to_string())
+                    .map(|r| (r.uri.clone(), r.definition.to_string()))
                     .collect()
             }),
             "resources/templates/list" => self.list(req.params, "resourceTemplates", |c| {
                 c.templates
                     .iter()
                     .filter(|t| visible(Kind::Resource, t.template.as_str()))
-                    .map(|t| t.definition.to_string())
+                    .map(|t| (t.template.as_str().to_owned(), t.definition.to_string()))
                     .collect()
             }),
             "prompts/list" => self.list(req.params, "prompts", |c| {
-                c.prompts.iter().filter(|p| visible(Kind::Prompt, &p.name)).map(|p| p.definition.to_string()).collect()
+                c.prompts
+                    .iter()
+                    .filter(|p| visible(Kind::Prompt, &p.name))
+                    .map(|p| (p.name.clone(), p.definition.to_string()))
+                    .collect()
             }),
             "resources/subscribe" => parse::<UriParams>(req.params).and_then(|p| {
                 let catalog = self.registry.snapshot();
@@ -445,30 +453,52 @@ impl Engine {
         Ok(result.to_string())
     }
 
+    /// One page of a list. `items`: the visible items in catalog order, each as (its key — name,
+    /// URI or URI template — and its definition).
+    ///
+    /// Stable cursors (2025-11-25 server/utilities/pagination: SHOULD): a cursor names the last
+    /// item of its page, and the next page starts after that item wherever it is now, so items
+    /// registered or removed meanwhile do not make the walk repeat or skip the rest. Only if
+    /// that item itself is gone does the page start where it would have been.
     fn list(
         &self,
         params: Option<&RawValue>,
         key: &str,
-        items: impl FnOnce(&Catalog) -> Vec<String>,
+        items: impl FnOnce(&Catalog) -> Vec<(String, String)>,
     ) -> Result<String, RpcError> {
         let p: ListParams = parse_or_default(params)?;
         let all = items(&self.registry.snapshot());
         let start = match p.cursor.as_deref() {
             None => 0,
-            Some(c) => decode_cursor(c).filter(|&n| n <= all.len()).ok_or_else(|| {
-                RpcError::invalid_params("invalid cursor: pass back a nextCursor from an earlier page")
-            })?,
+            Some(c) => decode_cursor(c)
+                .and_then(|(end, last)| match last {
+                    Some(last) => match all.iter().position(|(k, _)| *k == last) {
+                        Some(i) => Some(i + 1),
+                        None => Some(end.saturating_sub(1)),
+                    },
+                    None => Some(end),
+                })
+                .filter(|&n| n <= all.len())
+                .ok_or_else(|| {
+                    RpcError::invalid_params("invalid cursor: pass back a nextCursor from an earlier page")
+                })?,
         };
         let end = (start + self.options.page_size.max(1)).min(all.len());
-        let mut out = String::with_capacity(32 + all[start..end].iter().map(String::len).sum::<usize>());
+        let page = &all[start..end];
+        let mut out = String::with_capacity(32 + page.iter().map(|(_, d)| d.len() + 1).sum::<usize>());
         out.push_str("{\"");
         out.push_str(key);
         out.push_str("\":[");
-        out.push_str(&all[start..end].join(","));
+        for (i, (_, definition)) in page.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(definition);
+        }
         out.push(']');
-        if end < all.len() {
+        if let Some((last, _)) = page.last().filter(|_| end < all.len()) {
             out.push_str(",\"nextCursor\":");
-            out.push_str(&json!(encode_cursor(end)).to_string());
+            out.push_str(&json!(encode_cursor(end, last)).to_string());
         }
         out.push('}');
         Ok(out)
@@ -850,15 +880,22 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
 }
 
-fn encode_cursor(offset: usize) -> String {
+/// The cursor after a page ending at `end` (exclusive) with the item keyed `last`.
+fn encode_cursor(end: usize, last: &str) -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{offset}"))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("after:{end}:{last}"))
 }
 
-fn decode_cursor(cursor: &str) -> Option<usize> {
+/// A cursor's page end and last key (`None` for the older `offset:N` cursors, still accepted).
+fn decode_cursor(cursor: &str) -> Option<(usize, Option<String>)> {
     use base64::Engine as _;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    std::str::from_utf8(&bytes).ok()?.strip_prefix("offset:")?.parse().ok()
+    let text = std::str::from_utf8(&bytes).ok()?;
+    if let Some(n) = text.strip_prefix("offset:") {
+        return Some((n.parse().ok()?, None));
+    }
+    let (end, last) = text.strip_prefix("after:")?.split_once(':')?;
+    Some((end.parse().ok()?, Some(last.to_owned())))
 }
 
 /// The audit record of a call whose handler is running. If the call's future is dropped before
@@ -949,6 +986,59 @@ mod tests {
         assert_eq!(names, ["t0", "t1", "t2", "t3", "t4"]);
         let v = ask(&e, &s, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"b2Zmc2V0Ojk5"}}"#);
         assert_eq!(v["error"]["code"], -32602, "a cursor past the end is invalid");
+    }
+
+    #[test]
+    fn cursors_stay_stable_when_the_list_changes_between_pages() {
+        let registry = Arc::new(Registry::new());
+        let tool = |name: &str| Tool::new(name, "d").handler(|_| async { Ok(ToolOutput::text("x")) }).unwrap();
+        for i in 0..6 {
+            registry.add_tool(tool(&format!("t{i}")));
+        }
+        let e = Engine::new(
+            registry.clone(),
+            ServerInfo { name: "t".into(), version: "0".into(), title: None, instructions: None },
+            EngineOptions { page_size: 2, client_request_timeout: Duration::from_secs(1) },
+        );
+        let s = Arc::new(Session::new(crate::new_session_id(), Arc::new(NullOutlet)));
+        ask(&e, &s, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#);
+        let page = |cursor: Option<&str>| {
+            let params = cursor.map_or_else(|| json!({}), |c| json!({ "cursor": c }));
+            let v = ask(
+                &e,
+                &s,
+                &json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": params }).to_string(),
+            );
+            let names: Vec<String> = v["result"]["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect();
+            (names, v["result"]["nextCursor"].as_str().map(str::to_owned))
+        };
+        let (first, cursor) = page(None);
+        assert_eq!(first, ["t0", "t1"]);
+        // An item before the cursor goes away and one is added at the end: the walk neither
+        // repeats nor skips (with offsets, t2 would have been skipped).
+        assert!(registry.remove_tool("t0"));
+        registry.add_tool(tool("t6"));
+        let (second, cursor) = page(cursor.as_deref());
+        assert_eq!(second, ["t2", "t3"]);
+        // The cursor's own last item goes away: the walk goes on where it was.
+        assert!(registry.remove_tool("t3"));
+        let (third, cursor) = page(cursor.as_deref());
+        assert_eq!(third, ["t4", "t5"]);
+        let (fourth, cursor) = page(cursor.as_deref());
+        assert_eq!((fourth, cursor), (vec!["t6".to_owned()], None));
+        // Cursors from before (offsets) still work; made-up ones are refused.
+        let old = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("offset:2")
+        };
+        assert_eq!(page(Some(&old)).0, ["t4", "t5"]);
+        let v = ask(&e, &s, r#"{"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"cursor":"not a cursor"}}"#);
+        assert_eq!(v["error"]["code"], -32602);
     }
 
     use crate::audit::AuditUnavailable;
