@@ -471,12 +471,9 @@ impl Engine {
         let start = match p.cursor.as_deref() {
             None => 0,
             Some(c) => decode_cursor(c)
-                .and_then(|(end, last)| match last {
-                    Some(last) => match all.iter().position(|(k, _)| *k == last) {
-                        Some(i) => Some(i + 1),
-                        None => Some(end.saturating_sub(1)),
-                    },
-                    None => Some(end),
+                .map(|(end, last)| match last {
+                    Some(last) => all.iter().position(|(k, _)| *k == last).map_or(end.saturating_sub(1), |i| i + 1),
+                    None => end,
                 })
                 .filter(|&n| n <= all.len())
                 .ok_or_else(|| {
