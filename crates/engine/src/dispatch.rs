@@ -25,7 +25,9 @@ use crate::guard::Guards;
 use crate::policy::{Decision, Kind, Policy};
 use crate::principal::Principal;
 use crate::ratelimit::RateLimiter;
-use crate::registry::{BoxFuture, Catalog, PromptCall, ReadCall, Registry, ToolCall, ToolError};
+use crate::registry::{
+    BoxFuture, Prompt, PromptCall, ReadCall, Registry, Resource, ResourceTemplate, Tool, ToolCall, ToolError,
+};
 use crate::session::{LogLevel, Negotiated, Session};
 
 /// Who this server says it is in `initialize`.
@@ -239,7 +241,7 @@ impl Engine {
                 if catalog.resource(&uri).is_none() && template.is_none() {
                     return None;
                 }
-                let decision = self.decide_resource(principal, &uri, template.as_deref());
+                let decision = self.policy.decide_resource(principal, &uri, template.as_deref());
                 let key =
                     template.unwrap_or_else(|| crate::template::percent_decode(&uri).unwrap_or_else(|| uri.clone()));
                 (Kind::Resource, uri, Some((decision, key)))
@@ -325,40 +327,31 @@ impl Engine {
             "resources/read" => return self.read_resource(session, principal, req, sink),
             "prompts/get" => return self.get_prompt(session, principal, req, sink),
             // Lists hold exactly what the same principal may call (policy.rs).
-            "tools/list" => self.list(req.params, "tools", |c| {
-                c.tools
-                    .iter()
-                    .filter(|t| visible(Kind::Tool, &t.name))
-                    .map(|t| (t.name.clone(), t.definition.get().to_owned()))
-                    .collect()
-            }),
-            "resources/list" => self.list(req.params, "resources", |c| {
-                c.resources
-                    .iter()
-                    .filter(|r| self.decide_resource(principal, &r.uri, None).visible())
-                    .map(|r| (r.uri.clone(), r.definition.to_string()))
-                    .collect()
-            }),
-            "resources/templates/list" => self.list(req.params, "resourceTemplates", |c| {
-                c.templates
-                    .iter()
-                    .filter(|t| visible(Kind::Resource, t.template.as_str()))
-                    .map(|t| (t.template.as_str().to_owned(), t.definition.to_string()))
-                    .collect()
-            }),
-            "prompts/list" => self.list(req.params, "prompts", |c| {
-                c.prompts
-                    .iter()
-                    .filter(|p| visible(Kind::Prompt, &p.name))
-                    .map(|p| (p.name.clone(), p.definition.to_string()))
-                    .collect()
-            }),
+            "tools/list" => {
+                let c = self.registry.snapshot();
+                self.list(req.params, "tools", c.tools.iter().filter(|t| visible(Kind::Tool, &t.name)).collect())
+            }
+            "resources/list" => {
+                let c = self.registry.snapshot();
+                let visible = |r: &&Arc<Resource>| self.policy.decide_resource(principal, &r.uri, None).visible();
+                self.list(req.params, "resources", c.resources.iter().filter(visible).collect())
+            }
+            "resources/templates/list" => {
+                let c = self.registry.snapshot();
+                let shown = |t: &&Arc<ResourceTemplate>| visible(Kind::Resource, t.template.as_str());
+                self.list(req.params, "resourceTemplates", c.templates.iter().filter(shown).collect())
+            }
+            "prompts/list" => {
+                let c = self.registry.snapshot();
+                self.list(req.params, "prompts", c.prompts.iter().filter(|p| visible(Kind::Prompt, &p.name)).collect())
+            }
             "resources/subscribe" => parse::<UriParams>(req.params).and_then(|p| {
                 let catalog = self.registry.snapshot();
                 let template = catalog.match_template(&p.uri).map(|(t, _)| t.template.as_str());
                 let exists = catalog.resource(&p.uri).is_some() || template.is_some();
                 // Updates are content: subscribing needs what reading needs (allowed, not step-up).
-                let allowed = matches!(self.decide_resource(principal, &p.uri, template), Decision::Allow { .. });
+                let allowed =
+                    matches!(self.policy.decide_resource(principal, &p.uri, template), Decision::Allow { .. });
                 if !exists || !allowed {
                     return Err(RpcError::new(code::RESOURCE_NOT_FOUND, format!("resource not found: {}", p.uri))
                         .with_data(json!({ "uri": p.uri })));
@@ -453,26 +446,20 @@ impl Engine {
         Ok(result.to_string())
     }
 
-    /// One page of a list. `items`: the visible items in catalog order, each as (its key — name,
-    /// URI or URI template — and its definition).
+    /// One page of a list: `all` holds the visible items in catalog order; only the page's are
+    /// serialized.
     ///
     /// Stable cursors (2025-11-25 server/utilities/pagination: SHOULD): a cursor names the last
     /// item of its page, and the next page starts after that item wherever it is now, so items
     /// registered or removed meanwhile do not make the walk repeat or skip the rest. Only if
     /// that item itself is gone does the page start where it would have been.
-    fn list(
-        &self,
-        params: Option<&RawValue>,
-        key: &str,
-        items: impl FnOnce(&Catalog) -> Vec<(String, String)>,
-    ) -> Result<String, RpcError> {
+    fn list<T: Listed>(&self, params: Option<&RawValue>, key: &str, all: Vec<&Arc<T>>) -> Result<String, RpcError> {
         let p: ListParams = parse_or_default(params)?;
-        let all = items(&self.registry.snapshot());
         let start = match p.cursor.as_deref() {
             None => 0,
             Some(c) => decode_cursor(c)
                 .map(|(end, last)| match last {
-                    Some(last) => all.iter().position(|(k, _)| *k == last).map_or(end.saturating_sub(1), |i| i + 1),
+                    Some(last) => all.iter().position(|t| t.key() == last).map_or(end.saturating_sub(1), |i| i + 1),
                     None => end,
                 })
                 .filter(|&n| n <= all.len())
@@ -482,20 +469,20 @@ impl Engine {
         };
         let end = (start + self.options.page_size.max(1)).min(all.len());
         let page = &all[start..end];
-        let mut out = String::with_capacity(32 + page.iter().map(|(_, d)| d.len() + 1).sum::<usize>());
+        let mut out = String::with_capacity(64 + 256 * page.len());
         out.push_str("{\"");
         out.push_str(key);
         out.push_str("\":[");
-        for (i, (_, definition)) in page.iter().enumerate() {
+        for (i, item) in page.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(definition);
+            item.write_definition(&mut out);
         }
         out.push(']');
-        if let Some((last, _)) = page.last().filter(|_| end < all.len()) {
+        if let Some(last) = page.last().filter(|_| end < all.len()) {
             out.push_str(",\"nextCursor\":");
-            out.push_str(&json!(encode_cursor(end, last)).to_string());
+            out.push_str(&json!(encode_cursor(end, last.key())).to_string());
         }
         out.push('}');
         Ok(out)
@@ -538,15 +525,6 @@ impl Engine {
                 Some(Dispatch::StepUp { scopes, error: write_error(Some(id), &e) })
             }
         }
-    }
-
-    /// The decision for listing, reading or subscribing to `uri`, served by `template` if not
-    /// static: the strictest of the decisions on the URI as sent, on its percent-decoded form
-    /// (what a template hands its reader) and on the template itself (what
-    /// `resources/templates/list` shows), so no spelling of a URI reaches more than the listing
-    /// suggests.
-    fn decide_resource(&self, principal: &Principal, uri: &str, template: Option<&str>) -> Decision {
-        self.policy.decide_resource(principal, uri, template)
     }
 
     /// The event every audited method starts from.
@@ -672,7 +650,7 @@ impl Engine {
         } else {
             return self.finish(event, write_error(Some(id), &not_found()));
         };
-        let decision = self.decide_resource(principal, &p.uri, template);
+        let decision = self.policy.decide_resource(principal, &p.uri, template);
         if let Some(stop) = self.gate(decision, id, not_found(), &mut event) {
             return stop;
         }
@@ -875,6 +853,52 @@ fn parse_or_default<T: DeserializeOwned + Default>(params: Option<&RawValue>) ->
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Results are built from strings, numbers and `Value`s: serialization cannot fail.
     serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// What lists hold: a key the cursors name, and a definition written only for the page.
+trait Listed {
+    /// The name, URI or URI template.
+    fn key(&self) -> &str;
+    fn write_definition(&self, out: &mut String);
+}
+
+impl Listed for Tool {
+    fn key(&self) -> &str {
+        &self.name
+    }
+    fn write_definition(&self, out: &mut String) {
+        out.push_str(self.definition.get());
+    }
+}
+
+impl Listed for Resource {
+    fn key(&self) -> &str {
+        &self.uri
+    }
+    fn write_definition(&self, out: &mut String) {
+        // `Value`'s `Display` writes compact JSON straight into `out`.
+        let _ = std::fmt::Write::write_fmt(out, format_args!("{}", self.definition));
+    }
+}
+
+impl Listed for ResourceTemplate {
+    fn key(&self) -> &str {
+        self.template.as_str()
+    }
+    fn write_definition(&self, out: &mut String) {
+        // `Value`'s `Display` writes compact JSON straight into `out`.
+        let _ = std::fmt::Write::write_fmt(out, format_args!("{}", self.definition));
+    }
+}
+
+impl Listed for Prompt {
+    fn key(&self) -> &str {
+        &self.name
+    }
+    fn write_definition(&self, out: &mut String) {
+        // `Value`'s `Display` writes compact JSON straight into `out`.
+        let _ = std::fmt::Write::write_fmt(out, format_args!("{}", self.definition));
+    }
 }
 
 /// The cursor after a page ending at `end` (exclusive) with the item keyed `last`.
