@@ -684,6 +684,9 @@ pub struct ServerSection {
     pub max_body_bytes: usize,
     /// Deepest JSON nesting accepted (default 64).
     pub max_json_depth: usize,
+    /// Most messages in one JSON-RPC batch (2025-03-26 sessions only; default 100). A larger
+    /// batch is refused whole with -32600.
+    pub max_batch_items: usize,
     /// Host names accepted in `Host` (DNS-rebinding protection). Default: the loopback names
     /// when listening on loopback, otherwise any host.
     pub allowed_hosts: Option<Vec<String>>,
@@ -824,6 +827,7 @@ impl Default for ServerSection {
             message_path: "/message".into(),
             max_body_bytes: 4 * 1024 * 1024,
             max_json_depth: 64,
+            max_batch_items: 100,
             allowed_hosts: None,
             allowed_origins: None,
             cors: true,
@@ -897,6 +901,7 @@ impl Config {
         let positive = [
             ("server.max_body_bytes", s.max_body_bytes),
             ("server.max_json_depth", s.max_json_depth),
+            ("server.max_batch_items", s.max_batch_items),
             ("sessions.max", raw.sessions.max),
             ("sessions.max_per_principal", raw.sessions.max_per_principal),
             ("sessions.sse_buffer_events", raw.sessions.sse_buffer_events),
@@ -971,6 +976,7 @@ impl Config {
                 message_path: s.message_path,
                 max_body_bytes: s.max_body_bytes,
                 max_json_depth: s.max_json_depth,
+                max_batch_items: s.max_batch_items,
                 origins,
                 cors: s.cors,
                 session_idle_ttl: raw.sessions.idle_ttl,

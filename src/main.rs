@@ -516,6 +516,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let opts = StdioOptions {
                 max_message_bytes: config.http.max_body_bytes,
                 max_json_depth: config.http.max_json_depth,
+                max_batch_items: config.http.max_batch_items,
                 grace: config.shutdown_grace,
             };
             portcullis_transport::stdio::serve(engine, tokio::io::stdin(), tokio::io::stdout(), opts)

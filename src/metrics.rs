@@ -233,6 +233,16 @@ impl Auditor for Observed {
             }
         }
     }
+
+    /// Counted at once, every one: the audit log may keep only some (its per-source budget),
+    /// the metrics count them all.
+    fn note(&self, event: AuditEvent) {
+        let engine = self.engine.get().and_then(std::sync::Weak::upgrade);
+        self.metrics.count(Metrics::observation(&event, engine.as_deref()), true);
+        if let Some(a) = &self.inner {
+            a.note(event);
+        }
+    }
 }
 
 /// A call's observation until it is counted; counted on drop if its future never finished.

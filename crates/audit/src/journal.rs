@@ -31,7 +31,7 @@ use std::fs::File;
 use std::io::{Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use portcullis_engine::AuditUnavailable;
@@ -283,6 +283,8 @@ struct State {
     files: Option<Files>,
     /// `None` once closed.
     indexer: Option<mpsc::UnboundedSender<Job>>,
+    /// The flusher waits for records (on `Committer::wake`); the next submit wakes it.
+    flusher_idle: bool,
 }
 
 /// What a leader takes to write.
@@ -296,6 +298,8 @@ struct Lead {
 /// Leader/follower group commit into the journal.
 pub(crate) struct Committer {
     state: Mutex<State>,
+    /// Wakes the flusher ([`Committer::flusher`]) when records arrive while it is idle, or at close.
+    wake: Condvar,
     /// Up to here every record is durable in the store (the indexer's progress).
     indexed: Arc<AtomicU64>,
     stats: Arc<AuditStats>,
@@ -327,7 +331,9 @@ impl Committer {
                 inflight: None,
                 files: Some(files),
                 indexer: Some(indexer),
+                flusher_idle: false,
             }),
+            wake: Condvar::new(),
             indexed,
             stats,
             max_lag: opts.max_queue as u64,
@@ -341,13 +347,19 @@ impl Committer {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Seals `event` (stored JSON) onto the chain and queues it in the next group.
-    pub(crate) fn submit(&self, event: String) -> Result<Arc<Batch>, AuditUnavailable> {
+    /// Seals `event` (stored JSON) onto the chain and queues it in the next group. The group is
+    /// written by one of its waiting callers, or by the flusher within [`FLUSH_AFTER`] (twice
+    /// that at most) if none waits.
+    ///
+    /// `unawaited` records (refusals) may fill only half the lag bound: the other half stays for
+    /// calls that wait for their record, so no burst of refusals can refuse a later call.
+    pub(crate) fn submit(&self, event: String, unawaited: bool) -> Result<Arc<Batch>, AuditUnavailable> {
         let mut s = self.lock();
         if s.indexer.is_none() {
             return Err(AuditUnavailable("the audit writer stopped".into()));
         }
-        if s.tail.0.saturating_sub(self.indexed.load(Ordering::Relaxed)) >= self.max_lag {
+        let bound = if unawaited { self.max_lag / 2 } else { self.max_lag };
+        if s.tail.0.saturating_sub(self.indexed.load(Ordering::Relaxed)) >= bound {
             return Err(AuditUnavailable("the audit store is not keeping up (see the writer's errors)".into()));
         }
         let record = chain::seal(&s.tail, event);
@@ -355,7 +367,62 @@ impl Committer {
         s.tail = (record.seq, record.hash.clone());
         s.records.push(record);
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        Ok(s.batch.clone())
+        let batch = s.batch.clone();
+        let wake = std::mem::take(&mut s.flusher_idle);
+        drop(s);
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(batch)
+    }
+
+    /// The flusher thread's loop: a group that has waited [`FLUSH_AFTER`] with no write in
+    /// flight has nobody to lead it (its callers went away, or never waited: refusals), so the
+    /// flusher writes it. With nothing pending it has the store synced once everything is
+    /// written (the lag bound counts what the store has not synced, and no later call may be
+    /// needed to bring it down), then sleeps until the next submit. Returns at close.
+    pub(crate) fn flusher(self: Arc<Self>) {
+        let mut seen: Option<Arc<Batch>> = None;
+        // The last written record the store was asked to sync.
+        let mut sync_asked = 0u64;
+        loop {
+            let mut s = self.lock();
+            while s.flusher_idle && s.indexer.is_some() {
+                s = self.wake.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if s.indexer.is_none() {
+                return;
+            }
+            let stale = s.inflight.is_none()
+                && !s.records.is_empty()
+                && seen.as_ref().is_some_and(|b| Arc::ptr_eq(b, &s.batch));
+            if s.records.is_empty() && s.inflight.is_none() {
+                let written = s.durable.0;
+                if self.indexed.load(Ordering::Relaxed) < written && sync_asked < written {
+                    // Give the indexer its usual interval first: under load it syncs on its own.
+                    drop(s);
+                    std::thread::sleep(SYNC_AFTER);
+                    if self.indexed.load(Ordering::Relaxed) < written {
+                        self.ask_sync();
+                    }
+                    sync_asked = written;
+                    continue;
+                }
+                s.flusher_idle = true;
+                seen = None;
+                continue;
+            }
+            let batch = s.batch.clone();
+            drop(s);
+            if stale && let Some(lead) = self.take_lead(&batch) {
+                self.stats.flushed.fetch_add(1, Ordering::Relaxed);
+                self.commit(lead);
+                seen = None;
+                continue;
+            }
+            seen = Some(batch);
+            std::thread::sleep(FLUSH_AFTER);
+        }
     }
 
     /// Resolves when `batch` is written (or failed), writing it if nobody else is. Dropping this
@@ -479,6 +546,17 @@ impl Committer {
         }
     }
 
+    /// Asks the indexer to sync the store (a flush marker nobody waits for).
+    fn ask_sync(&self) {
+        let mut marker = portcullis_engine::AuditEvent::new("flush", None, "");
+        marker.outcome = "flush".into();
+        // Counted like any job: the writer subtracts every job it takes.
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if self.send(Job::Event { event: marker, done: None }).is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Sends `job` to the indexer, behind every group written so far.
     pub(crate) fn send(&self, job: Job) -> Result<(), ()> {
         self.lock().indexer.as_ref().ok_or(())?.send(job).map_err(drop)
@@ -516,10 +594,18 @@ impl Committer {
                 }
             }
             s.indexer = None;
+            drop(s);
+            self.wake.notify_all();
             return;
         }
     }
 }
+
+/// How long a group may wait for a caller to lead it before the flusher writes it.
+const FLUSH_AFTER: Duration = Duration::from_millis(5);
+/// How long after the last write the flusher has an unsynced store synced (a little over the
+/// indexer's own interval, `SYNC_EVERY`).
+const SYNC_AFTER: Duration = Duration::from_millis(120);
 
 /// Whether this task may block its thread for a sync: on a multi-threaded runtime with other
 /// workers to go on, yes; on a single-threaded one the whole runtime would stall.
@@ -726,6 +812,59 @@ mod tests {
         log.flush().await.unwrap();
         assert_eq!(verified(&db), 2, "the dropped caller's record was written too");
         drop(log);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_nobody_awaits_are_written_by_the_flusher_and_leave_room_for_calls() {
+        let (dir, db) = fresh("unawaited");
+        let opts = AuditOptions { max_queue: 50, unawaited_per_source: 10_000, unawaited_total: 10_000, ..small() };
+        let log = Arc::new(AuditLog::start(Store::Sqlite(SqliteStore::open(&db).unwrap()), opts, "t".into()).unwrap());
+        // Dropped unawaited, as an interrupted call's record is: the flusher writes it.
+        drop(log.record(AuditEvent::new("call", None, "tools/call")));
+        // A burst of refusals: at most half the lag bound is theirs.
+        for _ in 0..1000 {
+            log.note(AuditEvent::new("denial", None, "tools/call"));
+        }
+        let stats = log.stats().clone();
+        // Half of 50, the dropped call's record included: 24 refusals are kept.
+        assert_eq!(stats.skipped.load(Ordering::Relaxed), 1000 - 24, "the rest skipped, counted");
+        // Written with nobody waiting and nobody flushing.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while stats.written.load(Ordering::Relaxed) < 25 {
+            assert!(Instant::now() < deadline, "written: {}", stats.written.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(stats.flushed.load(Ordering::Relaxed) >= 1);
+        // The half the refusals could not take: a call right after them is recorded.
+        log.record(AuditEvent::new("call", None, "tools/call")).await.unwrap();
+        // And the store is synced without a flush: the lag goes back to zero on its own.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while log.journal.as_ref().unwrap().indexed.load(Ordering::Relaxed) < 26 {
+            assert!(Instant::now() < deadline, "the store was never synced");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(log);
+        // The skipped ones are counted in one record at close.
+        let total: u64 = {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            let mut q = c.prepare("SELECT event FROM audit_log").unwrap();
+            let rows: Vec<String> = q.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+            rows.iter()
+                .map(|e| {
+                    let v: serde_json::Value = serde_json::from_str(e).unwrap();
+                    let skipped: u64 = v["flags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f.as_str()?.strip_prefix("skipped-before:")?.parse::<u64>().ok())
+                        .sum();
+                    u64::from(v["kind"] == "denial") + skipped
+                })
+                .sum()
+        };
+        assert_eq!(total, 1000, "every refusal is written or counted");
+        assert_eq!(verified(&db), 27, "two calls, 24 refusals and the count of the rest");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

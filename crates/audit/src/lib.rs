@@ -17,6 +17,7 @@
 //! error (their results are withheld: fail closed) and the chain does not advance; the next group
 //! goes on from the same tail.
 
+mod budget;
 pub mod chain;
 pub mod journal;
 pub mod store;
@@ -60,6 +61,12 @@ pub struct AuditOptions {
     /// Size of each of the SQLite journal's two files (durable mode); they grow past it only
     /// while the store falls behind.
     pub journal_bytes: u64,
+    /// Records nobody waits for (refusals: step-ups, rate-limit hits, bad credentials) kept per
+    /// source (principal, or the unauthenticated) and second; the next one kept says how many
+    /// were skipped.
+    pub unawaited_per_source: u32,
+    /// The same, all sources together.
+    pub unawaited_total: u32,
 }
 
 /// Arguments larger than this (as JSON) are recorded by their hash only.
@@ -76,6 +83,8 @@ impl Default for AuditOptions {
             max_batch: 4096,
             hash_key: None,
             journal_bytes: 8 << 20,
+            unawaited_per_source: 100,
+            unawaited_total: 1000,
         }
     }
 }
@@ -93,6 +102,10 @@ pub struct AuditStats {
     pub write_us: AtomicU64,
     /// Writes that failed.
     pub failures: AtomicU64,
+    /// Journal groups written by the flusher (nobody waited for them).
+    pub flushed: AtomicU64,
+    /// Unawaited records (refusals) skipped by the per-source budget, or for want of room.
+    pub skipped: AtomicU64,
 }
 
 /// Work for the writer thread.
@@ -111,6 +124,9 @@ pub struct AuditLog {
     tx: Option<mpsc::UnboundedSender<Job>>,
     journal: Option<Arc<journal::Committer>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Writes the journal groups nobody leads.
+    flusher: Option<std::thread::JoinHandle<()>>,
+    budget: budget::Budget,
     opts: AuditOptions,
     stats: Arc<AuditStats>,
     /// Where, for messages.
@@ -166,7 +182,20 @@ impl AuditLog {
             .name("audit-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| StoreError::new(&place, e))?;
-        Ok(Self { tx, journal, writer: Some(writer), opts, stats, place })
+        let flusher = match &journal {
+            Some(j) => {
+                let j = j.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("audit-flusher".into())
+                        .spawn(move || j.flusher())
+                        .map_err(|e| StoreError::new(&place, e))?,
+                )
+            }
+            None => None,
+        };
+        let budget = budget::Budget::new(opts.unawaited_per_source, opts.unawaited_total);
+        Ok(Self { tx, journal, writer: Some(writer), flusher, budget, opts, stats, place })
     }
 
     fn send(&self, job: Job) -> Result<(), ()> {
@@ -204,13 +233,71 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// Queues `event` without anyone waiting for it, in at most half the room (the rest is for
+    /// calls that wait). False when there was no room.
+    fn queue_unawaited(&self, event: AuditEvent) -> bool {
+        if let Some(j) = &self.journal {
+            let json = stored_json(&event, &self.opts.redact, self.opts.hash_key.as_deref());
+            return j.submit(json, true).is_ok();
+        }
+        if self.stats.queued.load(Ordering::Relaxed) >= self.opts.max_queue / 2 {
+            return false;
+        }
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = self.send(Job::Event { event, done: None }).is_ok();
+        if !sent {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// One record per source whose skipped refusals no later record carried (at close).
+    fn write_owed(&self) {
+        for (source, n) in self.budget.take_owed() {
+            let mut e = AuditEvent::new("skipped", None, "");
+            (e.decision, e.outcome, e.rule) = ("refused", "skipped".into(), Some(source));
+            e.flags.push(format!("skipped-before:{n}"));
+            if !self.queue_unawaited(e) {
+                tracing::warn!(skipped = n, "audit: no room for the count of skipped refusals");
+            }
+        }
+    }
+}
+
+/// Whose budget an unawaited event spends: its principal's, or the unauthenticated one.
+fn source_of(event: &AuditEvent) -> String {
+    match (&event.tenant, &event.subject) {
+        (Some(t), Some(s)) => format!("tenant:{t}/subject:{s}"),
+        (None, Some(s)) => format!("subject:{s}"),
+        (_, None) => "unauthenticated".to_owned(),
+    }
+}
+
 impl Auditor for AuditLog {
+    /// Within the source's budget ([`AuditOptions::unawaited_per_source`]) and half the queue;
+    /// written by the journal's flusher or the writer thread, never by a later call.
+    fn note(&self, mut event: AuditEvent) {
+        let source = source_of(&event);
+        let Some(skipped) = self.budget.admit(&source) else {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if skipped > 0 {
+            event.flags.push(format!("skipped-before:{skipped}"));
+        }
+        if !self.queue_unawaited(event) {
+            self.budget.unkeep(&source, skipped);
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn record(&self, event: AuditEvent) -> BoxFuture<'static, Result<(), AuditUnavailable>> {
         if let Some(j) = &self.journal {
             // Redacting, hashing and sealing here, on the caller's thread: the work spreads over
             // the runtime's workers instead of queuing behind one writer.
             let json = stored_json(&event, &self.opts.redact, self.opts.hash_key.as_deref());
-            return match j.submit(json) {
+            return match j.submit(json, false) {
                 Ok(batch) => {
                     let j = j.clone();
                     Box::pin(async move { j.wait(batch).await })
@@ -246,8 +333,12 @@ impl Drop for AuditLog {
     /// Closes the queue and waits for the writer to write what is queued and let go of the store
     /// (its writer lock too).
     fn drop(&mut self) {
+        self.write_owed();
         if let Some(j) = self.journal.take() {
             j.close();
+        }
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
         }
         drop(self.tx.take());
         if let Some(writer) = self.writer.take() {

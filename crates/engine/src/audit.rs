@@ -67,6 +67,15 @@ pub trait Auditor: Send + Sync + 'static {
     /// Takes `event` now (synchronously queued, so dropping the future loses nothing) and
     /// resolves once it is as durable as configured.
     fn record(&self, event: AuditEvent) -> BoxFuture<'static, Result<(), AuditUnavailable>>;
+
+    /// Takes an event nobody waits for: a refusal (step-up, rate limit, bad credential) whose
+    /// answer does not depend on its record. The auditor writes it on its own within a bounded
+    /// delay, never leaving it for a later call to carry; it may keep only so many per source and
+    /// second (the next one kept says how many were skipped), and never lets such records take
+    /// the room that calls waiting for their record need. Default: [`Auditor::record`], unawaited.
+    fn note(&self, event: AuditEvent) {
+        drop(self.record(event));
+    }
 }
 
 impl AuditEvent {

@@ -267,8 +267,8 @@ impl Engine {
             if let Some(a) = auditor {
                 (event.decision, event.outcome) = ("refused", "rate-limited".into());
                 event.rule = Some(limited.rule.clone());
-                // Queued; the refusal does not wait for it (no result is released).
-                drop(a.record(event));
+                // The refusal does not wait for it (no result is released).
+                a.note(event);
             }
             Err((write_error(Some(&id), &e), limited.retry_after))
         }))
@@ -517,10 +517,10 @@ impl Engine {
                 )
                 .with_data(json!({ "error": "insufficient_scope", "requiredScopes": scopes }));
                 if let Some(a) = &self.auditor {
-                    // Queued now; the 403 does not wait for it (no result is released).
+                    // The 403 does not wait for it (no result is released).
                     let mut event = event.clone();
                     (event.kind, event.decision, event.outcome) = ("denial", "step-up", "denied".into());
-                    drop(a.record(event));
+                    a.note(event);
                 }
                 Some(Dispatch::StepUp { scopes, error: write_error(Some(id), &e) })
             }

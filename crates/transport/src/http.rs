@@ -45,6 +45,9 @@ pub struct HttpOptions {
     pub max_body_bytes: usize,
     /// Deepest accepted JSON nesting.
     pub max_json_depth: usize,
+    /// Most messages in one JSON-RPC batch (2025-03-26 sessions only); a larger batch is refused
+    /// whole (-32600), before any of it runs.
+    pub max_batch_items: usize,
     /// DNS-rebinding protection.
     pub origins: OriginPolicy,
     /// Answer CORS for the origins `origins` allows, so that browser-based clients (the MCP
@@ -155,6 +158,7 @@ impl Default for HttpOptions {
             message_path: "/message".into(),
             max_body_bytes: 4 * 1024 * 1024,
             max_json_depth: 64,
+            max_batch_items: 100,
             origins: OriginPolicy::loopback(),
             cors: true,
             session_idle_ttl: Duration::from_secs(30 * 60),
@@ -177,20 +181,6 @@ pub(crate) struct App {
     /// True once shutdown began; SSE readers end when it flips. The sender is held by [`serve`].
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) legacy: LegacySessions,
-    /// Audit records of refused credentials this second, and how many were skipped since the last
-    /// one written: anyone can send bad tokens, and must not be able to fill the disk with them.
-    refusals: std::sync::Mutex<RefusalBudget>,
-}
-
-/// At most this many refused-credential records per second; the next one written says how many
-/// were skipped.
-const REFUSAL_RECORDS_PER_SECOND: u32 = 100;
-
-#[derive(Default)]
-struct RefusalBudget {
-    second: u64,
-    written: u32,
-    skipped: u64,
 }
 
 /// What one request's log line says.
@@ -208,14 +198,7 @@ pub fn router(
     opts: HttpOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Router {
-    let app = Arc::new(App {
-        engine,
-        store,
-        legacy: LegacySessions::default(),
-        opts: opts.clone(),
-        shutdown,
-        refusals: std::sync::Mutex::default(),
-    });
+    let app = Arc::new(App { engine, store, legacy: LegacySessions::default(), opts: opts.clone(), shutdown });
     let mut router = Router::new();
     if opts.auth.is_some() {
         // RFC 9728 metadata at the path-inserted and the root well-known URIs
@@ -469,6 +452,9 @@ impl App {
                 if !hs.session().version().is_some_and(ProtocolVersion::allows_batch) {
                     return Err(Rejection::BatchNotAllowed);
                 }
+                if items.len() > self.opts.max_batch_items {
+                    return Err(Rejection::BatchTooLarge(self.opts.max_batch_items));
+                }
                 self.batch(&hs, &principal, items).await
             }
         }
@@ -557,31 +543,16 @@ impl App {
         }
     }
 
-    /// Records a refused credential in the audit trail (queued; the refusal does not wait).
+    /// Records a refused credential in the audit trail (the refusal does not wait; anyone can
+    /// send bad tokens, so the auditor keeps only so many a second and counts the rest).
     /// `why` is the verifier's message, which never contains the token.
     fn audit_refusal(&self, uri: &http::Uri, outcome: &str, why: &str) {
         let Some(auditor) = self.engine.auditor() else { return };
-        let skipped = {
-            let mut b = self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            if b.second != now {
-                (b.second, b.written) = (now, 0);
-            }
-            if b.written >= REFUSAL_RECORDS_PER_SECOND {
-                b.skipped += 1;
-                return;
-            }
-            b.written += 1;
-            std::mem::take(&mut b.skipped)
-        };
         let mut e = portcullis_engine::AuditEvent::new("auth-failure", None, uri.path());
         e.decision = "refused";
         e.rule = Some(why.to_owned());
         e.outcome = outcome.to_owned();
-        if skipped > 0 {
-            e.flags.push(format!("skipped-before:{skipped}"));
-        }
-        drop(auditor.record(e));
+        auditor.note(e);
     }
 
     /// Runs one request. Fast handlers answer with JSON; a handler that sends anything first

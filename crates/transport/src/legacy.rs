@@ -186,6 +186,9 @@ async fn post(
             if !ls.session.version().is_some_and(ProtocolVersion::allows_batch) {
                 return Err(Rejection::BatchNotAllowed);
             }
+            if items.len() > app.opts.max_batch_items {
+                return Err(Rejection::BatchTooLarge(app.opts.max_batch_items));
+            }
             for item in items {
                 match item {
                     Ok(m) => handle(&app.engine, &ls, &principal, m).await,

@@ -20,6 +20,8 @@ pub struct StdioOptions {
     pub max_message_bytes: usize,
     /// Deepest accepted JSON nesting.
     pub max_json_depth: usize,
+    /// Most messages in one batch (2025-03-26 sessions); a larger one is refused whole.
+    pub max_batch_items: usize,
     /// How long in-flight requests may run after stdin closes.
     pub grace: Duration,
 }
@@ -76,6 +78,14 @@ where
                 Ok(RpcBody::Batch(items)) => {
                     if !session.version().is_some_and(ProtocolVersion::allows_batch) {
                         let e = RpcError::invalid_request("JSON-RPC batches are only accepted on 2025-03-26 sessions");
+                        let _ = tx.send(Bytes::from(write_error(None, &e))).await;
+                        continue;
+                    }
+                    if items.len() > opts.max_batch_items {
+                        let limit = opts.max_batch_items;
+                        let e = RpcError::invalid_request(format!(
+                            "a JSON-RPC batch may hold at most {limit} messages; send fewer at a time"
+                        ));
                         let _ = tx.send(Bytes::from(write_error(None, &e))).await;
                         continue;
                     }

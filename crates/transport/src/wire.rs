@@ -41,6 +41,8 @@ pub(crate) enum Rejection {
     BatchNotAllowed,
     /// `initialize` inside a batch: 400.
     InitializeInBatch,
+    /// A batch of more items than the limit: 400, refused whole.
+    BatchTooLarge(usize),
     /// The session limit is reached: 503.
     TooManySessions,
     /// This principal holds its maximum number of sessions: 429 (end one, or wait for one to
@@ -83,7 +85,8 @@ impl Rejection {
             | Self::MissingSession
             | Self::UnsupportedVersion { .. }
             | Self::BatchNotAllowed
-            | Self::InitializeInBatch => StatusCode::BAD_REQUEST,
+            | Self::InitializeInBatch
+            | Self::BatchTooLarge(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -123,6 +126,9 @@ impl Rejection {
                 (None, invalid("JSON-RPC batches are only accepted on 2025-03-26 sessions".into()))
             }
             Self::InitializeInBatch => (None, invalid("initialize must not be part of a batch".into())),
+            Self::BatchTooLarge(limit) => {
+                (None, invalid(format!("a JSON-RPC batch may hold at most {limit} messages; send fewer at a time")))
+            }
             Self::TooManySessions => (None, RpcError::internal("too many sessions; try again later")),
             Self::TooManySessionsForPrincipal => (
                 None,

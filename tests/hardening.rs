@@ -1,0 +1,193 @@
+//! What one client must not be able to do to everyone else: refusals nobody waits for (step-up
+//! denials in a batch, bad tokens, rate-limit hits) never wedge the audit trail, and the records
+//! they leave are bounded per source and drain on their own. No test here calls `flush()` before
+//! the call it checks: a real client gets no flush either.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::dev::*;
+use portcullis::config::RawConfig;
+use portcullis_audit::{Filter, SqliteStore, Store};
+use serde_json::{Value, json};
+
+const ACCEPT: &str = "application/json, text/event-stream";
+
+/// `initialize` at `version` with `token`; the session id.
+async fn open(d: &Dev, token: &str, version: &str) -> String {
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": version, "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
+    let r = d.http.post(d.resource()).bearer_auth(token).header("accept", ACCEPT).json(&init).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["mcp-session-id"].to_str().unwrap().to_owned()
+}
+
+async fn send(d: &Dev, token: &str, sid: &str, version: &str, body: &Value) -> reqwest::Response {
+    d.http
+        .post(d.resource())
+        .bearer_auth(token)
+        .header("accept", ACCEPT)
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", version)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn echo(id: u64) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": "echo", "arguments": { "message": "hi" } } })
+}
+
+/// Another user's ordinary call, on a session of its own: it must be answered, within 1 s.
+async fn another_user_is_served(d: &Dev) {
+    let alice = d.mint("alice", "mcp:tools", &[]);
+    let started = Instant::now();
+    let sid = open(d, &alice, "2025-11-25").await;
+    let r = send(d, &alice, &sid, "2025-11-25", &echo(2)).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], "hi", "{v}");
+    assert!(started.elapsed() < Duration::from_secs(1), "served in {:?}", started.elapsed());
+}
+
+fn store(d: &Dev) -> Store {
+    Store::Sqlite(SqliteStore::open(&d.dir.join("audit.db")).unwrap())
+}
+
+/// Every stored event; the chain verified first.
+async fn verified_events(d: &Dev) -> Vec<Value> {
+    d.audit.as_ref().unwrap().flush().await.unwrap();
+    let mut s = store(d);
+    let n = portcullis_audit::verify(&mut s, &mut |_, _| {}).unwrap().expect("the chain verifies");
+    let events: Vec<Value> = s
+        .query(&Filter::default(), 1_000_000, false)
+        .unwrap()
+        .into_iter()
+        .map(|r| serde_json::from_str(&r.event).unwrap())
+        .collect();
+    assert_eq!(events.len() as u64, n);
+    events
+}
+
+/// The events of `kind` for `subject` (any subject: `None`), and how many they stand for: each
+/// record plus the `skipped-before:N` it carries.
+fn counted(events: &[Value], kind: &str, subject: Option<&str>) -> (usize, u64) {
+    let mine: Vec<&Value> =
+        events.iter().filter(|e| e["kind"] == kind && subject.is_none_or(|s| e["subject"] == s)).collect();
+    let skipped: u64 = mine
+        .iter()
+        .flat_map(|e| e["flags"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str()?.strip_prefix("skipped-before:")?.parse::<u64>().ok())
+        .sum();
+    (mine.len(), mine.len() as u64 + skipped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_step_up_denials_does_not_wedge_the_audit_trail() {
+    // The batch cap is raised so that all 20,000 reach the policy (the default refuses the batch).
+    let d = start_with(|raw| raw.server.max_batch_items = 20_000).await;
+    let mallory = d.mint("mallory", "", &[]);
+    let sid = open(&d, &mallory, "2025-03-26").await;
+    let batch: Vec<Value> = (0..20_000).map(|i| echo(10 + i)).collect();
+    let r = send(&d, &mallory, &sid, "2025-03-26", &Value::Array(batch)).await;
+    assert_eq!(r.status(), 200);
+    let answers: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(answers.len(), 20_000);
+    assert!(answers.iter().all(|a| a["error"]["code"] == -32003), "{}", answers[0]);
+
+    another_user_is_served(&d).await;
+
+    // One more denial a second later carries the count of the ones skipped before it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = send(&d, &mallory, &sid, "2025-03-26", &echo(1)).await;
+    assert_eq!(r.status(), 403);
+    let events = verified_events(&d).await;
+    let (records, stands_for) = counted(&events, "denial", Some("mallory"));
+    assert!(records <= 201, "bounded per principal: {records} records");
+    assert_eq!(stands_for, 20_001, "every denial is counted");
+    assert_eq!(counted(&events, "call", Some("alice")).0, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_on_an_idle_server_drains_on_its_own() {
+    // A small queue: on a wedging journal, 2 s of bad tokens fill it.
+    let d = start_with(|raw| raw.audit.max_queue = 150).await;
+    let flood_until = Instant::now() + Duration::from_millis(2500);
+    let mut floods = Vec::new();
+    for _ in 0..4 {
+        let (http, url) = (d.http.clone(), d.resource());
+        floods.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < flood_until {
+                let r = http.post(&url).bearer_auth("not.a.token").header("accept", ACCEPT).body("{}").send();
+                assert_eq!(r.await.unwrap().status(), 401);
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut sent = 0;
+    for f in floods {
+        sent += f.await.unwrap();
+    }
+    assert!(sent > 400, "a flood: {sent}");
+    another_user_is_served(&d).await;
+    let events = verified_events(&d).await;
+    let (records, _) = counted(&events, "auth-failure", None);
+    assert!((150..=400).contains(&records), "about 100 a second were written, the rest counted: {records}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_rate_limit_refusals_drains_on_its_own() {
+    let limits = r#"
+        [[limits.rules]]
+        name = "echo"
+        tools = ["echo"]
+        limits = [{ per = ["subject"], max = 1, window = "1h" }]
+    "#;
+    let d = start_with(|raw| {
+        raw.audit.max_queue = 150;
+        raw.limits = RawConfig::parse(limits, "test").unwrap().limits;
+    })
+    .await;
+    let mallory = d.mint("mallory", "mcp:tools", &[]);
+    let sid = open(&d, &mallory, "2025-11-25").await;
+    let (mut ok, mut limited) = (0, 0);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        match send(&d, &mallory, &sid, "2025-11-25", &echo(3)).await.status().as_u16() {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert!(limited > 300, "a flood: {limited}");
+    another_user_is_served(&d).await;
+    let events = verified_events(&d).await;
+    let (records, _) = counted(&events, "rate-limited", Some("mallory"));
+    assert!(records <= 400, "bounded per principal: {records}");
+}
+
+#[tokio::test]
+async fn a_batch_over_the_cap_is_refused_whole_before_any_of_it_runs() {
+    let d = start().await;
+    let alice = d.mint("alice", "mcp:tools", &[]);
+    let sid = open(&d, &alice, "2025-03-26").await;
+    let batch = |n: u64| Value::Array((0..n).map(|i| echo(10 + i)).collect());
+    let r = send(&d, &alice, &sid, "2025-03-26", &batch(101)).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("at most 100"), "{v}");
+    let r = send(&d, &alice, &sid, "2025-03-26", &batch(100)).await;
+    assert_eq!(r.status(), 200);
+    let answers: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(answers.len(), 100);
+    let events = verified_events(&d).await;
+    assert_eq!(counted(&events, "call", Some("alice")).0, 100, "nothing of the refused batch ran");
+}
