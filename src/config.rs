@@ -687,6 +687,16 @@ pub struct ServerSection {
     /// Most messages in one JSON-RPC batch (2025-03-26 sessions only; default 100). A larger
     /// batch is refused whole with -32600.
     pub max_batch_items: usize,
+    /// Most connections open at once (default 10000); past it a connection gets an immediate
+    /// 503 and is closed.
+    pub max_connections: usize,
+    /// How long a connection may take to send a complete request head, from when it starts
+    /// waiting for one; also the keep-alive idle timeout (default `10s`).
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// How long a request body may take to arrive (default `30s`; 408 past it).
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
     /// Host names accepted in `Host` (DNS-rebinding protection). Default: the loopback names
     /// when listening on loopback, otherwise any host.
     pub allowed_hosts: Option<Vec<String>>,
@@ -828,6 +838,9 @@ impl Default for ServerSection {
             max_body_bytes: 4 * 1024 * 1024,
             max_json_depth: 64,
             max_batch_items: 100,
+            max_connections: portcullis_transport::ConnOptions::default().max_connections,
+            header_read_timeout: portcullis_transport::ConnOptions::default().header_read_timeout,
+            body_read_timeout: Duration::from_secs(30),
             allowed_hosts: None,
             allowed_origins: None,
             cors: true,
@@ -902,6 +915,7 @@ impl Config {
             ("server.max_body_bytes", s.max_body_bytes),
             ("server.max_json_depth", s.max_json_depth),
             ("server.max_batch_items", s.max_batch_items),
+            ("server.max_connections", s.max_connections),
             ("sessions.max", raw.sessions.max),
             ("sessions.max_per_principal", raw.sessions.max_per_principal),
             ("sessions.sse_buffer_events", raw.sessions.sse_buffer_events),
@@ -933,8 +947,14 @@ impl Config {
         if raw.auth.dev_token_ttl > Duration::from_secs(7 * 24 * 3600) || raw.auth.dev_token_ttl.is_zero() {
             return Err(ConfigError::Invalid("auth.dev_token_ttl must be between 1s and 7 days".into()));
         }
-        if raw.sessions.sse_keepalive.is_zero() {
-            return Err(ConfigError::Invalid("sessions.sse_keepalive must be greater than 0".into()));
+        for (key, d) in [
+            ("sessions.sse_keepalive", raw.sessions.sse_keepalive),
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.body_read_timeout", s.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!("{key} must be greater than 0")));
+            }
         }
         let loopback = OriginPolicy::loopback();
         let on_loopback = s.listen.ip().is_loopback();
@@ -977,6 +997,11 @@ impl Config {
                 max_body_bytes: s.max_body_bytes,
                 max_json_depth: s.max_json_depth,
                 max_batch_items: s.max_batch_items,
+                body_read_timeout: s.body_read_timeout,
+                conn: portcullis_transport::ConnOptions {
+                    max_connections: s.max_connections,
+                    header_read_timeout: s.header_read_timeout,
+                },
                 origins,
                 cors: s.cors,
                 session_idle_ttl: raw.sessions.idle_ttl,

@@ -213,3 +213,103 @@ async fn tool_argument_errors_are_tool_results_and_unknown_tools_are_protocol_er
     let v: Value = call(&c, &s.url(), &sid, &rpc(8, "no/such/method", json!({}))).await.json().await.unwrap();
     assert_eq!(v["error"]["code"], -32601);
 }
+
+/// Reads until the server closes the connection (or `within` passes): what it sent.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, within: std::time::Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    let s = start_with(|o| o.conn.header_read_timeout = std::time::Duration::from_millis(500)).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let head = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+    let trickle = async {
+        for b in head.iter().chain(std::iter::repeat(&b'a')) {
+            if tcp.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    // The server closes the connection: the writes start failing.
+    assert!(tokio::time::timeout(std::time::Duration::from_secs(3), trickle).await.is_ok(), "still open after 3 s");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400), "{:?}", started.elapsed());
+    // An idle keep-alive connection is closed by the same timer.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(read_until_closed(&mut idle, std::time::Duration::from_secs(3)).await.is_some(), "idle kept open");
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_a_connection_gets_a_clear_503_and_the_rest_go_on() {
+    use tokio::io::AsyncWriteExt as _;
+    let s = start_with(|o| o.conn.max_connections = 20).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut t = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        t.write_all(b"POST /mcp HTTP/1.1\r\n").await.unwrap();
+        held.push(t);
+    }
+    // Give the server time to accept them all.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let got = read_until_closed(&mut over, std::time::Duration::from_secs(2)).await.expect("answered and closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("too many connections"), "{text}");
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let c = client();
+    let sid = initialize(&c, &s.url(), LATEST).await;
+    assert_eq!(call(&c, &s.url(), &sid, &rpc(2, "ping", json!({}))).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_of_5000_connections_does_not_stop_a_real_client() {
+    use tokio::io::AsyncWriteExt as _;
+    let s = start().await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::with_capacity(5000);
+    for _ in 0..10 {
+        let batch = (0..500).map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let mut t = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                t.write_all(b"P").await.unwrap();
+                t
+            })
+        });
+        for t in futures_util::future::join_all(batch).await {
+            slow.push(t.unwrap());
+        }
+    }
+    assert_eq!(slow.len(), 5000);
+    // One more header byte each, as a slowloris sends every few seconds.
+    for t in &mut slow {
+        t.write_all(b"O").await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let c = client();
+    let sid = initialize(&c, &s.url(), LATEST).await;
+    let r =
+        call(&c, &s.url(), &sid, &rpc(2, "tools/call", json!({ "name": "echo", "arguments": { "message": "hi" } })))
+            .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], "hi", "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "served in {:?}", started.elapsed());
+    drop(slow);
+}

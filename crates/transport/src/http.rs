@@ -43,6 +43,10 @@ pub struct HttpOptions {
     pub message_path: String,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive, once its head has (408 past it).
+    pub body_read_timeout: Duration,
+    /// Connection cap and header-read (and keep-alive idle) timeout.
+    pub conn: crate::conn::ConnOptions,
     /// Deepest accepted JSON nesting.
     pub max_json_depth: usize,
     /// Most messages in one JSON-RPC batch (2025-03-26 sessions only); a larger batch is refused
@@ -157,6 +161,8 @@ impl Default for HttpOptions {
             sse_path: "/sse".into(),
             message_path: "/message".into(),
             max_body_bytes: 4 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(30),
+            conn: crate::conn::ConnOptions::default(),
             max_json_depth: 64,
             max_batch_items: 100,
             origins: OriginPolicy::loopback(),
@@ -315,35 +321,20 @@ pub async fn serve(
     signal: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let (tx, rx) = watch::channel(false);
     let reaper = tokio::spawn(reap(engine.clone(), store.clone(), opts.session_idle_ttl, rx.clone()));
-    let app = router(engine.clone(), store.clone(), opts, rx.clone());
-    // Nagle's algorithm plus delayed ACKs costs 40 ms per small response; disable it everywhere.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let conn = opts.conn.clone();
+    // Routes become services once, here; each connection then shares them (a clone of the
+    // router is a few reference counts). axum's own `serve` rebuilt the whole router for every
+    // connection: ~10 KB and a few microseconds each, measured with 1,000 idle sessions.
+    let app = router(engine.clone(), store.clone(), opts, rx.clone()).with_state(());
     let tx2 = tx.clone();
-    // Routes become services once, here; each connection then shares them. Served as a bare
-    // `Router`, axum rebuilds the whole router for every connection (`with_state` on a clone):
-    // ~10 KB and a few microseconds per connection, measured with 1,000 idle sessions.
-    let app = app.with_state(()).into_make_service();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         signal.await;
         tracing::info!("shutdown: no longer accepting connections; closing streams");
         let _ = tx2.send(true);
     });
-    let mut deadline_rx = rx;
-    let result = tokio::select! {
-        r = server.into_future() => r,
-        () = async move {
-            let _ = deadline_rx.wait_for(|stopping| *stopping).await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown: deadline passed with requests still in flight");
-            Ok(())
-        }
-    };
+    let result = crate::conn::serve(listener, app, &conn, rx, grace).await;
     let _ = tx.send(true);
     reaper.abort();
     for hs in store.drain() {
@@ -406,7 +397,7 @@ impl App {
         if !accept.json && !accept.sse {
             return Err(Rejection::NotAcceptable);
         }
-        let bytes = read_body(body, headers, self.opts.max_body_bytes).await?;
+        let bytes = read_body(body, headers, self.opts.max_body_bytes, self.opts.body_read_timeout).await?;
         let parsed = parse_body(&bytes, self.opts.max_json_depth).map_err(Rejection::Parse)?;
         let id_of = |b: &RpcBody<'_>| match b {
             RpcBody::Single(Message::Request(r)) => Some(r.id.clone()),
@@ -752,16 +743,24 @@ fn deliver(stream: &sse::EventStream, m: Outbound) {
 }
 
 /// Reads the body, refusing more than `limit` bytes (413) before buffering them.
-pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Rejection> {
+/// A body that has not arrived within `timeout` is 408: a client trickling its body holds a
+/// connection and a task, and must not hold them for long.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Rejection> {
     let declared =
         headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Rejection::PayloadTooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Rejection::PayloadTooLarge(limit)),
-        Err(_) => Err(Rejection::BodyUnreadable),
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_elapsed) => Err(Rejection::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Rejection::PayloadTooLarge(limit)),
+        Ok(Err(_)) => Err(Rejection::BodyUnreadable),
     }
 }
 

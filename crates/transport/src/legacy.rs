@@ -177,7 +177,7 @@ async fn post(
     if !wire::is_json_content(headers) {
         return Err(Rejection::UnsupportedMediaType);
     }
-    let bytes = read_body(body, headers, app.opts.max_body_bytes).await?;
+    let bytes = read_body(body, headers, app.opts.max_body_bytes, app.opts.body_read_timeout).await?;
     let parsed = parse_body(&bytes, app.opts.max_json_depth).map_err(Rejection::Parse)?;
     ls.session.touch();
     match parsed {

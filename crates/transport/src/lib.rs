@@ -8,6 +8,7 @@
 //! The library takes a bound listener and a shutdown signal; it never binds ports or reads the
 //! environment (the binary does). HTTP statuses for failures are chosen in one place, `wire.rs`.
 
+mod conn;
 pub mod http;
 pub mod stdio;
 
@@ -17,6 +18,7 @@ mod sse;
 mod store;
 mod wire;
 
+pub use conn::ConnOptions;
 pub use guard::OriginPolicy;
 pub use http::{ExtraRoutes, HttpAuth, HttpOptions, router, serve};
 pub use stdio::StdioOptions;

@@ -29,6 +29,8 @@ pub(crate) enum Rejection {
     PayloadTooLarge(usize),
     /// The body could not be read (client aborted mid-body): 400.
     BodyUnreadable,
+    /// The body did not arrive within the body-read timeout: 408.
+    BodyTimeout,
     /// Not JSON / not JSON-RPC: 400 with -32700 / -32600.
     Parse(ParseError),
     /// No `Mcp-Session-Id` on a request that needs one: 400.
@@ -80,6 +82,7 @@ impl Rejection {
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyUnreadable
             | Self::Parse(_)
             | Self::MissingSession
@@ -99,6 +102,7 @@ impl Rejection {
             Self::NotAcceptable => (None, invalid("Accept must allow application/json or text/event-stream".into())),
             Self::PayloadTooLarge(limit) => (None, invalid(format!("body exceeds the limit of {limit} bytes"))),
             Self::BodyUnreadable => (None, invalid("the request body could not be read".into())),
+            Self::BodyTimeout => (None, invalid("the request body did not arrive in time".into())),
             Self::Parse(ParseError::Parse(msg)) => (None, RpcError::parse(msg.clone())),
             Self::Parse(ParseError::Invalid(id, msg)) => (id.as_ref(), invalid(msg.clone())),
             Self::MissingSession => (None, invalid("missing Mcp-Session-Id header: send initialize first".into())),
