@@ -191,3 +191,48 @@ async fn a_batch_over_the_cap_is_refused_whole_before_any_of_it_runs() {
     let events = verified_events(&d).await;
     assert_eq!(counted(&events, "call", Some("alice")).0, 100, "nothing of the refused batch ran");
 }
+
+#[tokio::test]
+async fn unusable_targets_are_counted_under_one_key_per_principal() {
+    let limits = r#"
+        [[limits.rules]]
+        name = "any"
+        tools = ["*"]
+        limits = [{ per = ["subject", "tool"], max = 20, window = "1h" }]
+    "#;
+    let d = start_with(|raw| {
+        raw.limits = RawConfig::parse(limits, "test").unwrap().limits;
+        let viewer = portcullis::config::PolicyTargets {
+            name: "viewer".into(),
+            tools: vec!["echo".into()],
+            resources: vec![],
+            prompts: vec![],
+        };
+        raw.policy.roles = vec![viewer];
+    })
+    .await;
+    let mallory = d.mint("mallory", "mcp:tools", &["viewer"]);
+    let sid = open(&d, &mallory, "2025-11-25").await;
+    let call = |id: u64, name: &str| json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": name, "arguments": {} } });
+    // Random names and a hidden tool (get_time) share one counter: 20 answers, then 429s.
+    let mut codes = Vec::new();
+    for i in 0..60u64 {
+        let name = if i % 3 == 0 { "get_time".to_owned() } else { format!("nope-{i}") };
+        let r = send(&d, &mallory, &sid, "2025-11-25", &call(100 + i, &name)).await;
+        codes.push(r.status().as_u16());
+        if r.status() == 200 {
+            let v: Value = r.json().await.unwrap();
+            assert!(v["error"]["message"].as_str().unwrap().starts_with("unknown tool"), "{v}");
+        }
+    }
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 20, "{codes:?}");
+    assert!(codes[20..].iter().all(|&c| c == 429), "{codes:?}");
+    // The usable tool has its own counter, untouched.
+    let r = send(&d, &mallory, &sid, "2025-11-25", &echo(7)).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], "hi", "{v}");
+    let events = verified_events(&d).await;
+    let answered = events.iter().filter(|e| e["subject"] == "mallory" && e["kind"] != "rate-limited").count();
+    assert_eq!(answered, 21, "20 unknown or hidden, then echo");
+}

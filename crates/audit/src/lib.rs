@@ -536,8 +536,11 @@ impl Writer {
 
 /// The event as stored: its fields, then the redacted arguments and the SHA-256 of the original
 /// arguments (their canonical JSON: keys sorted).
+///
+/// Client-chosen text (request id, target, method, ...) is capped first
+/// ([`AuditEvent::capped`]): one record never carries megabytes of it.
 fn stored_json(event: &AuditEvent, redact: &[String], hash_key: Option<&[u8]>) -> String {
-    let mut out = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+    let mut out = serde_json::to_string(&*event.capped()).unwrap_or_else(|_| "{}".into());
     if let Some(args) = &event.arguments
         && out.ends_with('}')
     {
@@ -627,6 +630,7 @@ pub fn verify(store: &mut Store, progress: &mut dyn FnMut(u64, u64)) -> Result<R
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use portcullis_engine::MAX_TEXT;
     use serde_json::json;
 
     #[test]
@@ -646,6 +650,47 @@ pub(crate) mod tests {
         e.arguments = Some(json!({ "blob": "x".repeat(MAX_STORED_ARGUMENTS) }));
         let big = stored_json(&e, &[], None);
         assert!(big.contains("arguments_omitted_bytes") && big.len() < 1000, "{}", big.len());
+    }
+
+    #[test]
+    fn client_chosen_text_is_capped_with_its_length_and_hash() {
+        let mut e = AuditEvent::new("call", None, &"m".repeat(3 << 20));
+        e.request_id = Some("i".repeat(2 << 20));
+        e.target = Some(format!("{}é", "t".repeat(MAX_TEXT - 1)));
+        e.session = Some("s".to_owned());
+        let stored = stored_json(&e, &[], None);
+        assert!(stored.len() < 4 * MAX_TEXT, "{} bytes stored", stored.len());
+        assert!(stored.contains("[2097152 bytes, sha256:") && stored.contains("[3145728 bytes, sha256:"), "{stored}");
+        // Cut on a character boundary: the two-byte `é` straddles the cap and is dropped whole.
+        let v: Value = serde_json::from_str(&stored).unwrap();
+        assert!(v["target"].as_str().unwrap().starts_with(&format!("{}…[1025 bytes", "t".repeat(MAX_TEXT - 1))));
+        assert_eq!(v["session"], "s", "short text is kept as it is");
+        // Two long values differing only past the cap stay distinguishable.
+        let mut other = e.clone();
+        other.request_id = Some(format!("{}j", "i".repeat((2 << 20) - 1)));
+        assert_ne!(stored_json(&other, &[], None), stored);
+    }
+
+    #[tokio::test]
+    async fn the_tail_of_a_json_lines_log_is_found_whatever_the_last_record_size() {
+        let (dir, path) = fresh("jsonl-long", "audit.jsonl");
+        let open = || Store::Jsonl(JsonlStore::open(&path).unwrap());
+        let log = AuditLog::start(open(), AuditOptions::default(), "t".into()).unwrap();
+        log.record(AuditEvent::new("call", None, "tools/call")).await.unwrap();
+        // A record over 1 MiB (written before caps existed, or by another writer), then a blank line.
+        let mut e = AuditEvent::new("call", None, "tools/call");
+        e.flags = vec!["x".repeat(3 << 20)];
+        log.record(e).await.unwrap();
+        drop(log);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(std::fs::metadata(&path).unwrap().len() > 3 << 20);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, b"\n").unwrap();
+        let log = AuditLog::start(open(), AuditOptions::default(), "t".into()).unwrap();
+        log.record(AuditEvent::new("call", None, "tools/call")).await.unwrap();
+        drop(log);
+        assert_eq!(verify(&mut open(), &mut |_, _| {}).unwrap(), Ok(3), "the chain continues after the long record");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// An empty directory of this test's own, and the path of `file` in it.

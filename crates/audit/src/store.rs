@@ -501,6 +501,23 @@ pub(crate) fn encode_line(r: &Record, out: &mut Vec<u8>) {
     );
 }
 
+/// The position of the last `\n` before `before` in `f`, reading backwards 64 KiB at a time.
+fn rfind_newline(f: &mut std::fs::File, before: u64) -> std::io::Result<Option<u64>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = before;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(std::io::SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(start + i as u64));
+        }
+        end = start;
+    }
+    Ok(None)
+}
+
 impl JsonlStore {
     /// JSON lines at `path`, or stdout for `-`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -540,36 +557,40 @@ impl JsonlStore {
         Ok(self.file.as_mut().expect("just opened"))
     }
 
+    /// The last record's (seq, hash), found by reading backwards from the end, however long
+    /// that record is. A last line without its newline was never acknowledged (torn by a crash)
+    /// and is cut off here.
     fn tail(&mut self) -> Result<(u64, String), StoreError> {
         let Some(path) = &self.path else { return Ok((0, GENESIS.to_owned())) };
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| err(&self.place, e))?;
-        let len = f.metadata().map_err(|e| err(&self.place, e))?.len();
-        // Records are bounded (arguments over the limit are kept as a hash only), so the last
-        // complete one lies within the final MiB.
-        let start = len.saturating_sub(1 << 20);
-        f.seek(std::io::SeekFrom::Start(start)).map_err(|e| err(&self.place, e))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(|e| err(&self.place, e))?;
-        // A last line without its newline was never acknowledged (torn by a crash): drop it.
-        if let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') {
-            if last_nl + 1 < buf.len() {
-                f.set_len(start + last_nl as u64 + 1).map_err(|e| err(&self.place, e))?;
-                buf.truncate(last_nl + 1);
-            }
-        } else if start == 0 {
-            f.set_len(0).map_err(|e| err(&self.place, e))?;
-            buf.clear();
+        let place = self.place.clone();
+        let e = |e: std::io::Error| err(&place, e);
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(e)?;
+        let len = f.metadata().map_err(e)?.len();
+        let Some(last_nl) = rfind_newline(&mut f, len).map_err(e)? else {
+            // Not one complete line: nothing was ever acknowledged.
+            f.set_len(0).map_err(e)?;
+            return Ok((0, GENESIS.to_owned()));
+        };
+        if last_nl + 1 < len {
+            f.set_len(last_nl + 1).map_err(e)?;
         }
-        // Skip a partial first line when reading from the middle of the file.
-        let from = if start > 0 { buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |i| i + 1) } else { 0 };
-        let text = std::str::from_utf8(&buf[from..]).map_err(|e| err(&self.place, e))?;
-        match text.lines().rev().find(|l| !l.trim().is_empty()) {
-            None => Ok((0, GENESIS.to_owned())),
-            Some(line) => {
-                let l: Line<'_> = serde_json::from_str(line)
-                    .map_err(|e| err(&self.place, format!("the last line is not an audit record: {e}")))?;
-                Ok((l.seq, l.hash))
+        // Lines end at `end` (a newline); skip blank ones.
+        let mut end = last_nl;
+        loop {
+            let start = rfind_newline(&mut f, end).map_err(e)?.map_or(0, |p| p + 1);
+            let mut line = vec![0; (end - start) as usize];
+            f.seek(std::io::SeekFrom::Start(start)).map_err(e)?;
+            f.read_exact(&mut line).map_err(e)?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                if start == 0 {
+                    return Ok((0, GENESIS.to_owned()));
+                }
+                end = start - 1;
+                continue;
             }
+            let l: Line<'_> = serde_json::from_slice(&line)
+                .map_err(|e| err(&place, format!("the last line is not an audit record: {e}")))?;
+            return Ok((l.seq, l.hash));
         }
     }
 

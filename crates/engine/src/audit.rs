@@ -58,6 +58,56 @@ pub struct AuditEvent {
     pub flags: Vec<String>,
 }
 
+/// Longest client-chosen text (request id, tool name, URI, method, path) kept whole in an audit
+/// record or a log line.
+pub const MAX_TEXT: usize = 1024;
+
+/// `text` if it is at most [`MAX_TEXT`] bytes; otherwise its first bytes up to that (on a
+/// character boundary), then how long it was and the start of its SHA-256, so that long values
+/// stay distinguishable without letting one client write megabytes per record or log line.
+pub fn capped(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_TEXT {
+        return text.into();
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}…[{} bytes, sha256:{hex}…]", &text[..end], text.len()).into()
+}
+
+impl AuditEvent {
+    /// Every client-chosen field [`capped`] (a copy only when one is over).
+    pub fn capped(&self) -> std::borrow::Cow<'_, Self> {
+        let long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > MAX_TEXT);
+        let over = long(&self.request_id)
+            || long(&self.target)
+            || long(&self.rule)
+            || long(&self.session)
+            || long(&self.subject)
+            || long(&self.tenant)
+            || long(&self.client_id)
+            || self.method.len() > MAX_TEXT;
+        if !over {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let cap = |s: &Option<String>| s.as_deref().map(|s| capped(s).into_owned());
+        std::borrow::Cow::Owned(Self {
+            request_id: cap(&self.request_id),
+            target: cap(&self.target),
+            rule: cap(&self.rule),
+            session: cap(&self.session),
+            subject: cap(&self.subject),
+            tenant: cap(&self.tenant),
+            client_id: cap(&self.client_id),
+            method: capped(&self.method).into_owned(),
+            ..self.clone()
+        })
+    }
+}
+
 /// The audit trail could not take an event: the operation's result must not be released.
 #[derive(Debug, Clone)]
 pub struct AuditUnavailable(pub String);

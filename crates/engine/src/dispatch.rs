@@ -204,9 +204,12 @@ impl Engine {
     /// Whether `req` may go ahead now: `None` when no rate limit applies (call
     /// [`Engine::request`] at once); otherwise await the future first. It resolves to the
     /// JSON-RPC error response to send instead (and the wait) when the call is refused; the
-    /// refusal is audited. Targets the policy hides or steps up are not limited here: `request`
-    /// answers them as usual.
+    /// refusal is audited. Targets the caller cannot use (unknown, hidden, needing a step-up) are
+    /// counted all alike under one key per principal ([`UNUSABLE`](crate::ratelimit::UNUSABLE)):
+    /// they fill neither the limiter with client-chosen keys nor the audit trail unseen, and a
+    /// hidden target is limited exactly as an unknown one, so a 429 reveals nothing.
     pub fn admit(&self, session: &Session, principal: &Principal, req: &Request<'_>) -> Option<Admission> {
+        use crate::ratelimit::UNUSABLE;
         let limiter = self.limiter.as_ref()?;
         // The same required fields the dispatcher parses: if these do not parse, neither does
         // the request, and `request` refuses it without running anything.
@@ -219,40 +222,36 @@ impl Engine {
             uri: String,
         }
         let catalog = self.registry.snapshot();
-        let (kind, target, limited_as) = match req.method.as_ref() {
+        let usable = |d: Option<Decision>| matches!(d, Some(Decision::Allow { .. }));
+        let (kind, target, key) = match req.method.as_ref() {
             "tools/call" => {
                 let name = parse::<Name>(req.params).ok()?.name;
-                // Only registered targets are counted: unknown names answer as unknown, and
-                // client-chosen strings never become limiter keys.
-                catalog.tool(&name)?;
-                let decision = self.policy.decide(principal, Kind::Tool, &name);
-                (Kind::Tool, name.clone(), Some((decision, name)))
+                let d = catalog.tool(&name).map(|_| self.policy.decide(principal, Kind::Tool, &name));
+                let key = if usable(d) { name.clone() } else { UNUSABLE.to_owned() };
+                (Kind::Tool, name, key)
             }
             "prompts/get" => {
                 let name = parse::<Name>(req.params).ok()?.name;
-                catalog.prompt(&name)?;
-                let decision = self.policy.decide(principal, Kind::Prompt, &name);
-                (Kind::Prompt, name.clone(), Some((decision, name)))
+                let d = catalog.prompt(&name).map(|_| self.policy.decide(principal, Kind::Prompt, &name));
+                let key = if usable(d) { name.clone() } else { UNUSABLE.to_owned() };
+                (Kind::Prompt, name, key)
             }
             "resources/read" => {
                 let uri = parse::<Uri>(req.params).ok()?.uri;
                 // Keyed and matched like the policy: the decoded URI, or the template serving it.
                 let template = catalog.match_template(&uri).map(|(t, _)| t.template.as_str().to_owned());
-                if catalog.resource(&uri).is_none() && template.is_none() {
-                    return None;
-                }
-                let decision = self.policy.decide_resource(principal, &uri, template.as_deref());
-                let key =
-                    template.unwrap_or_else(|| crate::template::percent_decode(&uri).unwrap_or_else(|| uri.clone()));
-                (Kind::Resource, uri, Some((decision, key)))
+                let exists = catalog.resource(&uri).is_some() || template.is_some();
+                let d = exists.then(|| self.policy.decide_resource(principal, &uri, template.as_deref()));
+                let key = if usable(d) {
+                    template.unwrap_or_else(|| crate::template::percent_decode(&uri).unwrap_or_else(|| uri.clone()))
+                } else {
+                    UNUSABLE.to_owned()
+                };
+                (Kind::Resource, uri, key)
             }
             _ => return None,
         };
-        let (decision, key) = limited_as?;
-        if !matches!(decision, Decision::Allow { .. }) {
-            return None;
-        }
-        let check = limiter.check(principal, kind, &key)?;
+        let check = limiter.check(principal, kind, &target, &key)?;
         let id = req.id.clone();
         let mut event = AuditEvent::new("rate-limited", Some(principal), &req.method);
         event.request_id = Some(req.id.to_string());

@@ -17,7 +17,7 @@ mod registry;
 mod session;
 mod template;
 
-pub use audit::{AuditEvent, AuditUnavailable, Auditor};
+pub use audit::{AuditEvent, AuditUnavailable, Auditor, MAX_TEXT, capped};
 pub use content::{Content, PromptMessage, PromptOutput, ResourceContents, ToolOutput};
 pub use context::{Outbound, RequestContext, Sink};
 pub use dispatch::{Admission, Dispatch, Engine, EngineOptions, ServerInfo};

@@ -18,10 +18,21 @@ pub struct Limited {
     pub retry_after: Duration,
 }
 
+/// The key per-target limits count a target under when the caller cannot use it (unknown,
+/// hidden or needing a step-up): one counter per principal for all of those, so random names
+/// neither mint counters nor go uncounted. No registered name contains a NUL.
+pub const UNUSABLE: &str = "\0unusable";
+
 /// Decides whether a call may go ahead now.
 pub trait RateLimiter: Send + Sync + 'static {
-    /// `None` when no rule covers the target (nothing to wait for); otherwise the answer, which
-    /// counts the call if it is allowed.
-    fn check(&self, principal: &Principal, kind: Kind, target: &str)
-    -> Option<BoxFuture<'static, Result<(), Limited>>>;
+    /// `None` when no rule covers `target` (matched against the rules' patterns; nothing to wait
+    /// for); otherwise the answer, which counts the call if it is allowed. Per-target limits
+    /// count it under `key`: the target itself, or [`UNUSABLE`].
+    fn check(
+        &self,
+        principal: &Principal,
+        kind: Kind,
+        target: &str,
+        key: &str,
+    ) -> Option<BoxFuture<'static, Result<(), Limited>>>;
 }

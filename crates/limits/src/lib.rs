@@ -278,13 +278,14 @@ impl RateLimiter for Limiter {
         principal: &Principal,
         kind: Kind,
         target: &str,
+        key: &str,
     ) -> Option<BoxFuture<'static, Result<(), Limited>>> {
         let mut local = Vec::new();
         let mut remote = Vec::new();
         for rule in self.rules.iter().filter(|r| r.targets.covers(kind, target)) {
             match rule.backend {
-                Backend::Local => local.extend(rule.keys(principal, target)),
-                Backend::Redis => remote.extend(rule.keys(principal, target)),
+                Backend::Local => local.extend(rule.keys(principal, key)),
+                Backend::Redis => remote.extend(rule.keys(principal, key)),
             }
         }
         if local.is_empty() && remote.is_empty() {
@@ -347,7 +348,7 @@ mod tests {
     }
 
     async fn allowed(l: &Limiter, p: &Principal, tool: &str) -> Option<bool> {
-        Some(l.check(p, Kind::Tool, tool)?.await.is_ok())
+        Some(l.check(p, Kind::Tool, tool, tool)?.await.is_ok())
     }
 
     #[tokio::test]
@@ -357,7 +358,7 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(allowed(&l, &alice, "trigger_pipeline").await, Some(true));
         }
-        let refused = l.check(&alice, Kind::Tool, "trigger_pipeline").unwrap().await.unwrap_err();
+        let refused = l.check(&alice, Kind::Tool, "trigger_pipeline", "trigger_pipeline").unwrap().await.unwrap_err();
         assert_eq!(refused.rule, "rate:t");
         // One call per 6 s after the burst.
         assert!(
@@ -390,7 +391,7 @@ mod tests {
         let l = Limiter::new(vec![per_tool, tenant], None).unwrap();
         assert_eq!(allowed(&l, &who("a"), "trigger_x").await, Some(true));
         for _ in 0..5 {
-            let refused = l.check(&who("a"), Kind::Tool, "trigger_x").unwrap().await.unwrap_err();
+            let refused = l.check(&who("a"), Kind::Tool, "trigger_x", "trigger_x").unwrap().await.unwrap_err();
             assert_eq!(refused.rule, "rate:per-tool");
         }
         // The tenant-wide limit still has 2 of its 3 calls: a's refusals did not use them.

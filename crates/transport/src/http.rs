@@ -948,11 +948,13 @@ pub(crate) fn short(id: &str) -> &str {
 }
 
 fn log(trace: &Trace, verb: &str, status: StatusCode, started: Instant) {
+    // Method and tool are the client's text: capped, so one request cannot write a huge line.
+    use portcullis_engine::capped;
     tracing::info!(
         target: "portcullis::request",
         http = verb,
-        method = trace.method.as_deref().unwrap_or("-"),
-        tool = trace.tool.as_deref(),
+        method = %capped(trace.method.as_deref().unwrap_or("-")),
+        tool = trace.tool.as_deref().map(capped).as_deref(),
         session = trace.session.as_deref().map(short),
         status = status.as_u16(),
         latency_us = started.elapsed().as_micros() as u64,
