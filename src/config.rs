@@ -731,6 +731,9 @@ pub struct SessionsSection {
     pub sse_retry: Duration,
     /// Events kept per SSE stream for resumption (default 256).
     pub sse_buffer_events: usize,
+    /// Answers a 2024-11-05 HTTP+SSE session may have in flight or unread on its stream
+    /// (default 128); past it a POST gets 429 until the client reads its stream.
+    pub legacy_in_flight: usize,
     /// How long a tool waits for the client to answer sampling/elicitation (default `120s`).
     #[serde(deserialize_with = "duration")]
     pub client_request_timeout: Duration,
@@ -858,6 +861,7 @@ impl Default for SessionsSection {
             sse_keepalive: Duration::from_secs(15),
             sse_retry: Duration::from_secs(1),
             sse_buffer_events: 256,
+            legacy_in_flight: 128,
             client_request_timeout: Duration::from_secs(120),
             page_size: 100,
         }
@@ -919,6 +923,7 @@ impl Config {
             ("sessions.max", raw.sessions.max),
             ("sessions.max_per_principal", raw.sessions.max_per_principal),
             ("sessions.sse_buffer_events", raw.sessions.sse_buffer_events),
+            ("sessions.legacy_in_flight", raw.sessions.legacy_in_flight),
             ("sessions.page_size", raw.sessions.page_size),
         ];
         for (key, v) in positive {
@@ -1007,6 +1012,7 @@ impl Config {
                 session_idle_ttl: raw.sessions.idle_ttl,
                 max_sessions: raw.sessions.max,
                 max_sessions_per_principal: raw.sessions.max_per_principal,
+                legacy_in_flight: raw.sessions.legacy_in_flight,
                 keepalive: raw.sessions.sse_keepalive,
                 sse_retry: raw.sessions.sse_retry,
                 sse_buffer_events: raw.sessions.sse_buffer_events,

@@ -236,3 +236,209 @@ async fn unusable_targets_are_counted_under_one_key_per_principal() {
     let answered = events.iter().filter(|e| e["subject"] == "mallory" && e["kind"] != "rate-limited").count();
     assert_eq!(answered, 21, "20 unknown or hidden, then echo");
 }
+
+/// A legacy HTTP+SSE stream opened over a socket with a small receive buffer, its session id,
+/// and the socket, which the caller then never reads.
+async fn legacy_stream(d: &Dev, token: &str) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: std::net::SocketAddr = d.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    let head = format!(
+        "GET /sse HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(at) = text.find("sessionId=")
+            && let Some(end) = text[at..].find('\n')
+        {
+            return (text[at + 10..at + end].trim().to_owned(), tcp);
+        }
+    }
+}
+
+async fn post_legacy(d: &Dev, token: &str, sid: &str, body: &Value) -> reqwest::Response {
+    d.http.post(format!("{}/message?sessionId={sid}", d.base)).bearer_auth(token).json(body).send().await.unwrap()
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_client_that_never_reads_its_stream_holds_a_bounded_backlog() {
+    let d = start().await;
+    let mallory = d.mint("mallory", "mcp:tools", &[]);
+    let (sid, _unread) = legacy_stream(&d, &mallory).await;
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
+    assert_eq!(post_legacy(&d, &mallory, &sid, &init).await.status(), 202);
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    assert_eq!(post_legacy(&d, &mallory, &sid, &initialized).await.status(), 202);
+    let before = rss_kib();
+    // 100,000 calls, 16 at a time, each answer over 1 KiB, none of them read.
+    let big = json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": { "name": "echo", "arguments": { "message": "m".repeat(1024) } } });
+    let posts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (http, url, token, body, posts) = (
+            d.http.clone(),
+            format!("{}/message?sessionId={sid}", d.base),
+            mallory.clone(),
+            big.clone(),
+            posts.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut accepted, mut refused) = (0u64, 0u64);
+            while posts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 100_000 {
+                let r = http.post(&url).bearer_auth(&token).json(&body).send().await.unwrap();
+                match r.status().as_u16() {
+                    202 => accepted += 1,
+                    429 => {
+                        assert_eq!(r.headers()["retry-after"], "1");
+                        refused += 1;
+                    }
+                    other => panic!("status {other}"),
+                }
+            }
+            (accepted, refused)
+        }));
+    }
+    another_user_is_served(&d).await;
+    let (mut accepted, mut refused) = (0, 0);
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        (accepted, refused) = (accepted + a, refused + r);
+    }
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert_eq!(accepted + refused, 100_000);
+    // What the socket buffers took, plus the 128 answers in flight; the rest refused.
+    assert!(accepted < 20_000, "accepted {accepted}, refused {refused}");
+    assert!(grown_mib < 50, "the server grew by {grown_mib} MiB holding answers nobody reads");
+    another_user_is_served(&d).await;
+    eprintln!("never-read legacy stream: {accepted} accepted, {refused} refused (429), RSS +{grown_mib} MiB");
+}
+
+#[tokio::test]
+async fn legacy_sessions_count_against_the_same_session_limits() {
+    let d = start_with(|raw| raw.sessions.max_per_principal = 2).await;
+    let alice = d.mint("alice", "mcp:tools", &[]);
+    open(&d, &alice, "2025-11-25").await;
+    let (_sid, legacy) = legacy_stream(&d, &alice).await;
+    // A third session of either transport is refused.
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
+    let r = d.http.post(d.resource()).bearer_auth(&alice).header("accept", ACCEPT).json(&init).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let r = d.http.get(format!("{}/sse", d.base)).bearer_auth(&alice).header("accept", "text/event-stream");
+    assert_eq!(r.send().await.unwrap().status(), 429);
+    // Another user is not affected.
+    open(&d, &d.mint("bob", "mcp:tools", &[]), "2025-11-25").await;
+    // Closing the legacy stream gives its seat back.
+    drop(legacy);
+    let started = Instant::now();
+    loop {
+        let r =
+            d.http.post(d.resource()).bearer_auth(&alice).header("accept", ACCEPT).json(&init).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the seat came back: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The standalone GET stream of `sid`.
+async fn get_stream(d: &Dev, token: &str, sid: &str) -> reqwest::Response {
+    let r = d
+        .http
+        .get(d.resource())
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r
+}
+
+/// True when the body of `r` ends within `within`.
+async fn ends_within(r: &mut reqwest::Response, within: Duration) -> bool {
+    tokio::time::timeout(within, async { while let Ok(Some(_)) = r.chunk().await {} }).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_close_at_the_next_keepalive_once_their_token_is_revoked_or_expired() {
+    let d = start_with(|raw| raw.sessions.sse_keepalive = Duration::from_millis(200)).await;
+    // Revoked: the stream lives on keep-alives, then ends at the first one after the revocation.
+    let alice = d.mint("alice", "mcp:tools", &[]);
+    let sid = open(&d, &alice, "2025-11-25").await;
+    let mut stream = get_stream(&d, &alice, &sid).await;
+    assert!(!ends_within(&mut stream, Duration::from_millis(700)).await, "alive while the token holds");
+    let admin = d.mint("root", "portcullis:admin", &[]);
+    let r = d.http.post(format!("{}/admin/revocations", d.base)).bearer_auth(&admin).json(&json!({ "sub": "alice" }));
+    assert_eq!(r.send().await.unwrap().status(), 204);
+    assert!(ends_within(&mut stream, Duration::from_secs(1)).await, "closed after the revocation");
+
+    // Expired: a token still inside the issuer's 30 s leeway, for two more seconds.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let bob = d.mint_with("bob", "mcp:tools", json!({ "exp": now - 28 }));
+    let sid = open(&d, &bob, "2025-11-25").await;
+    let mut stream = get_stream(&d, &bob, &sid).await;
+    let (_lsid, mut legacy) = legacy_stream(&d, &bob).await;
+    assert!(ends_within(&mut stream, Duration::from_secs(5)).await, "the GET stream closed at expiry");
+    // The body ends (its last chunk), or the connection closes.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = legacy.read(&mut buf).await
+            && n > 0
+        {
+            seen.extend_from_slice(&buf[..n]);
+            if seen.ends_with(b"\r\n0\r\n\r\n") {
+                break;
+            }
+        }
+    });
+    assert!(closed.await.is_ok(), "the legacy stream closed at expiry");
+}
+
+#[tokio::test]
+async fn an_attached_stream_does_not_keep_an_idle_session_alive() {
+    let d = start_with(|raw| {
+        raw.sessions.sse_keepalive = Duration::from_millis(100);
+        raw.sessions.idle_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let alice = d.mint("alice", "mcp:tools", &[]);
+    let sid = open(&d, &alice, "2025-11-25").await;
+    let mut stream = get_stream(&d, &alice, &sid).await;
+    // Keep-alives flow, but no request comes: the session expires and its stream ends.
+    assert!(ends_within(&mut stream, Duration::from_secs(4)).await, "the stream ended with its session");
+    assert_eq!(send(&d, &alice, &sid, "2025-11-25", &echo(5)).await.status(), 404);
+}
+
+#[tokio::test]
+async fn the_session_cap_counts_the_user_not_each_oauth_client() {
+    let d = start_with(|raw| raw.sessions.max_per_principal = 2).await;
+    let by = |client: &str| d.mint_with("alice", "mcp:tools", json!({ "client_id": client }));
+    open(&d, &by("c1"), "2025-11-25").await;
+    open(&d, &by("c2"), "2025-11-25").await;
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
+    let r = d.http.post(d.resource()).bearer_auth(by("c3")).header("accept", ACCEPT).json(&init).send().await.unwrap();
+    assert_eq!(r.status(), 429, "a third OAuth client of the same user");
+}

@@ -130,6 +130,11 @@ impl Issuer {
         &self.issuer
     }
 
+    /// The clock skew allowed on `exp` and `nbf`.
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
     /// Verifies `token` and maps its claims.
     pub async fn verify(&self, token: &str) -> Result<Principal, JwtError> {
         let header = decode_header(token).map_err(|_| JwtError::Malformed)?;

@@ -136,6 +136,26 @@ impl TokenVerifier for Authenticator {
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, AuthFailure>> {
         Box::pin(self.authenticate(token))
     }
+
+    fn recheck<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Result<(), AuthFailure>> {
+        Box::pin(async move {
+            // The same skew the token was accepted with, so a reconnect with it is refused too.
+            let leeway = self
+                .issuers
+                .iter()
+                .find(|i| principal.issuer.as_deref() == Some(i.issuer()))
+                .map_or(Duration::ZERO, Issuer::leeway);
+            principal.check_expiry(leeway)?;
+            if let Some(r) = &self.revocations {
+                match r.is_revoked(principal).await {
+                    Ok(false) => {}
+                    Ok(true) => return Err(AuthFailure::Invalid("token revoked".into())),
+                    Err(e) => return Err(AuthFailure::Unavailable(e.to_string())),
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 impl std::fmt::Debug for Authenticator {

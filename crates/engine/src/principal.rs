@@ -55,11 +55,29 @@ pub enum AuthFailure {
 pub trait TokenVerifier: Send + Sync + 'static {
     /// Verifies `token` (the part after `Bearer `).
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, AuthFailure>>;
+
+    /// Whether a principal verified earlier still holds: its token has not expired (and, where
+    /// the verifier keeps a revocation list, is not revoked). Long-lived streams ask this at
+    /// every keep-alive and close when it fails.
+    fn recheck<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Result<(), AuthFailure>> {
+        Box::pin(std::future::ready(principal.check_expiry(std::time::Duration::ZERO)))
+    }
 }
 
 // === impl Principal ===
 
 impl Principal {
+    /// `Err` once the token's `exp` (plus `leeway`, the verifier's allowed clock skew) has passed.
+    pub fn check_expiry(&self, leeway: std::time::Duration) -> Result<(), AuthFailure> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match self.expires_at {
+            Some(exp) if exp.saturating_add(leeway.as_secs()) <= now => {
+                Err(AuthFailure::Invalid("token expired".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The caller when authentication is off.
     pub fn anonymous() -> Self {
         Self {
@@ -75,10 +93,14 @@ impl Principal {
         }
     }
 
-    /// The identity a session is bound to, as one string (for counting sessions per owner).
-    pub fn owner_key(&self) -> String {
-        let o = |v: &Option<String>| v.clone().unwrap_or_default();
-        format!("{}\0{:?}\0{}\0{}\0{}", o(&self.issuer), self.method, o(&self.tenant), self.subject, o(&self.client_id))
+    /// The user behind the principal — (issuer, tenant, subject), as one string — for what is
+    /// bounded per user (sessions): one user registering many OAuth clients, or signing in by
+    /// token and by API key, is still one user.
+    pub fn user_key(&self) -> String {
+        // Length-prefixed, so no value can be read as two.
+        let (i, t, s) =
+            (self.issuer.as_deref().unwrap_or_default(), self.tenant.as_deref().unwrap_or_default(), &self.subject);
+        format!("{}:{i}{}:{t}{}:{s}", i.len(), t.len(), s.len())
     }
 
     /// True when `other` is the same (issuer, authentication method, tenant, subject, client) —

@@ -521,7 +521,14 @@ impl Registry {
     }
 
     pub(crate) fn join(&self, session: &Arc<Session>) {
-        self.lock_sessions().insert(session.id_arc(), Arc::downgrade(session));
+        let mut map = self.lock_sessions();
+        // Sessions that went away without leaving (a transport dropped them) are pruned once the
+        // map doubles, so it stays within twice the live sessions however many come and go
+        // between two notifications.
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        map.insert(session.id_arc(), Arc::downgrade(session));
     }
 
     pub(crate) fn leave(&self, session: &Session) {
@@ -596,6 +603,24 @@ mod tests {
 
     fn noop() -> impl Fn(ToolCall) -> std::future::Ready<Result<ToolOutput, ToolError>> {
         |_| std::future::ready(Ok(ToolOutput::text("ok")))
+    }
+
+    #[test]
+    fn sessions_that_go_away_without_leaving_are_pruned() {
+        let r = Registry::new();
+        let kept: Vec<Arc<Session>> = (0..10)
+            .map(|_| Arc::new(Session::new(crate::new_session_id(), Arc::new(crate::session::NullOutlet))))
+            .collect();
+        for s in &kept {
+            r.join(s);
+        }
+        for _ in 0..100_000 {
+            // Joined, then dropped by its transport without `leave` (a refused or abandoned one).
+            r.join(&Arc::new(Session::new(crate::new_session_id(), Arc::new(crate::session::NullOutlet))));
+        }
+        let held = r.lock_sessions().len();
+        assert!(held <= 2048, "{held} entries held for 10 live sessions");
+        assert_eq!(r.open_sessions(), 10);
     }
 
     #[test]

@@ -61,10 +61,13 @@ pub struct HttpOptions {
     pub cors: bool,
     /// Sessions idle longer than this are ended.
     pub session_idle_ttl: Duration,
-    /// Most sessions at once (Streamable HTTP and HTTP+SSE counted separately).
+    /// Most sessions at once, Streamable HTTP and HTTP+SSE together (the store counts both).
     pub max_sessions: usize,
-    /// Most Streamable HTTP sessions one principal may hold at once.
+    /// Most sessions one user (issuer, tenant, subject) may hold at once, both transports.
     pub max_sessions_per_principal: usize,
+    /// Answers an HTTP+SSE session may have in flight or unread on its stream; past it a POST
+    /// gets 429.
+    pub legacy_in_flight: usize,
     /// Interval of SSE `: keepalive` comments.
     pub keepalive: Duration,
     /// The SSE `retry:` hint.
@@ -170,6 +173,7 @@ impl Default for HttpOptions {
             session_idle_ttl: Duration::from_secs(30 * 60),
             max_sessions: 10_000,
             max_sessions_per_principal: 1000,
+            legacy_in_flight: 128,
             keepalive: Duration::from_secs(15),
             sse_retry: Duration::from_secs(1),
             sse_buffer_events: 256,
@@ -458,9 +462,8 @@ impl App {
         principal: Principal,
         trace: &mut Trace,
     ) -> Result<Response, Rejection> {
-        if self.store.len() >= self.opts.max_sessions {
-            return Err(Rejection::TooManySessions);
-        }
+        // Room first: a refused `initialize` runs nothing and leaves nothing behind.
+        let seat = self.store.reserve(&principal).map_err(Rejection::from)?;
         let hs = Arc::new(HttpSession::new(self.opts.sse_buffer_events));
         hs.session().bind_owner(principal.clone());
         let Dispatch::Ready(answer) = self.engine.request(hs.session(), &principal, req, Sink::Session) else {
@@ -470,10 +473,7 @@ impl App {
         if hs.session().negotiated().is_none() {
             return Ok(wire::single(answer, accept));
         }
-        self.store.insert(hs.clone()).map_err(|e| match e {
-            crate::store::StoreFull::Total => Rejection::TooManySessions,
-            crate::store::StoreFull::Owner => Rejection::TooManySessionsForPrincipal,
-        })?;
+        self.store.insert(hs.clone(), seat);
         trace.session = Some(hs.session().id_arc());
         Ok(wire::with_session(wire::single(answer, accept), hs.id()))
     }
@@ -664,20 +664,17 @@ impl App {
         let priming = hs.session().version().is_some_and(|v| v >= ProtocolVersion::V2025_11_25);
         let id = stream.id();
         let owner = Arc::downgrade(hs);
-        let body = sse::reader(
-            stream,
-            0,
-            priming,
-            self.framing(),
-            hs.session().clone(),
-            self.shutdown.clone(),
-            move |drained| {
-                if drained && let Some(hs) = owner.upgrade() {
-                    hs.forget_stream(id);
-                }
-            },
-        );
+        let body = sse::reader(stream, 0, priming, self.framing(), None, self.shutdown.clone(), move |drained| {
+            if drained && let Some(hs) = owner.upgrade() {
+                hs.forget_stream(id);
+            }
+        });
         wire::sse(Body::from_stream(body))
+    }
+
+    /// What a GET stream of `principal` rechecks at each keep-alive.
+    pub(crate) fn holder(&self, principal: &Principal) -> sse::Holder {
+        sse::Holder { principal: principal.clone(), verifier: self.opts.auth.as_ref().map(|a| a.verifier.clone()) }
     }
 
     pub(crate) fn framing(&self) -> Framing {
@@ -833,7 +830,7 @@ impl App {
             cursor,
             priming,
             self.framing(),
-            hs.session().clone(),
+            Some(self.holder(&principal)),
             self.shutdown.clone(),
             move |drained| {
                 if drained

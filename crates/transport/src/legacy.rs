@@ -2,6 +2,12 @@
 //! endpoint in an `endpoint` event; `POST /message?sessionId=…` carries client messages, answered
 //! 202, with every response travelling on the stream (2024-11-05 basic/transports §HTTP with SSE).
 //! The session lives exactly as long as its stream.
+//!
+//! Backpressure: every answer holds one of the session's `legacy_in_flight` permits from the POST
+//! that asked until the stream has handed it to the connection. A client that posts but never
+//! reads its stream therefore holds at most that many answers (and tasks); past it a POST gets
+//! 429 and nothing of it runs. Each session holds a seat of the session store, so HTTP+SSE
+//! sessions count against the same limits, in all and per user, as Streamable HTTP ones.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,9 +21,10 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use portcullis_engine::{Dispatch, Engine, Outlet, Principal, Session, Sink, new_session_id};
 use portcullis_protocol::{Body as RpcBody, Message, ProtocolVersion, parse_body, write_error};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::http::{App, LegacyQuery, read_body};
+use crate::store::Seat;
 use crate::wire::{self, Rejection};
 
 /// Open HTTP+SSE sessions by id.
@@ -26,22 +33,30 @@ pub(crate) struct LegacySessions {
     map: Mutex<HashMap<Arc<str>, Arc<LegacySession>>>,
 }
 
+/// A message for the stream, and the permit of the POST it answers (none for unsolicited ones).
+type Queued = (Bytes, Option<OwnedSemaphorePermit>);
+
 pub(crate) struct LegacySession {
     session: Arc<Session>,
     /// To the SSE body of this session; the body's reader is the other end.
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Queued>,
+    /// Answers in flight or unread.
+    in_flight: Arc<Semaphore>,
+    /// Counted against the session store's limits while the session lives.
+    _seat: Seat,
 }
 
 /// Unsolicited messages go to the stream, dropped when its queue is full.
-struct ChannelOutlet(mpsc::Sender<Bytes>);
+struct ChannelOutlet(mpsc::Sender<Queued>);
 
 impl Outlet for ChannelOutlet {
     fn push(&self, message: Bytes) -> bool {
-        self.0.try_send(message).is_ok()
+        self.0.try_send((message, None)).is_ok()
     }
 }
 
-/// Messages queued per legacy stream before unsolicited ones are dropped.
+/// Unsolicited messages queued per legacy stream before more are dropped (answers wait for room
+/// instead, bounded by the in-flight permits).
 const QUEUE: usize = 1024;
 
 impl LegacySessions {
@@ -70,14 +85,15 @@ pub(crate) async fn get_sse(
 
 /// Opens a legacy session and returns its stream.
 pub(crate) fn open(app: &Arc<App>, principal: Principal) -> Result<Response, Rejection> {
-    if app.legacy.lock().len() >= app.opts.max_sessions {
-        return Err(Rejection::TooManySessions);
-    }
+    let seat = app.store.reserve(&principal).map_err(Rejection::from)?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let session = Arc::new(Session::new(new_session_id(), Arc::new(ChannelOutlet(tx.clone()))));
+    let holder = app.holder(&principal);
     session.bind_owner(principal);
     let id = session.id_arc();
-    app.legacy.lock().insert(id.clone(), Arc::new(LegacySession { session: session.clone(), tx }));
+    let in_flight = Arc::new(Semaphore::new(app.opts.legacy_in_flight));
+    let ls = LegacySession { session: session.clone(), tx, in_flight, _seat: seat };
+    app.legacy.lock().insert(id.clone(), Arc::new(ls));
     tracing::debug!(session = crate::http::short(&id), "legacy SSE session opened");
     let endpoint = format!("{}?sessionId={id}", app.opts.message_path);
     let mut first = BytesMut::new();
@@ -87,6 +103,9 @@ pub(crate) fn open(app: &Arc<App>, principal: Principal) -> Result<Response, Rej
         rx,
         keepalive: tokio::time::interval_at(tokio::time::Instant::now() + app.opts.keepalive, app.opts.keepalive),
         shutdown: app.shutdown.clone(),
+        holder,
+        session,
+        idle_ttl: app.opts.session_idle_ttl,
         _guard: Guard { app: app.clone(), id },
     };
     let body =
@@ -96,10 +115,15 @@ pub(crate) fn open(app: &Arc<App>, principal: Principal) -> Result<Response, Rej
 
 struct Stream {
     first: Option<Bytes>,
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Queued>,
     keepalive: tokio::time::Interval,
     /// Flips at shutdown; `serve` holds the sender.
     shutdown: watch::Receiver<bool>,
+    /// Rechecked at each keep-alive: the stream (and with it the session) ends once its token
+    /// expires or is revoked, or when no POST came within the idle TTL.
+    holder: crate::sse::Holder,
+    session: Arc<Session>,
+    idle_ttl: std::time::Duration,
     _guard: Guard,
 }
 
@@ -112,12 +136,18 @@ impl Stream {
             return None;
         }
         tokio::select! {
-            m = self.rx.recv() => m.map(|m| {
+            // The permit goes once the frame is handed on: the connection holds it from here.
+            m = self.rx.recv() => m.map(|(m, _permit)| {
                 let mut out = BytesMut::with_capacity(m.len() + 24);
                 crate::sse::frame(&mut out, None, Some("message"), &m);
                 out.freeze()
             }),
-            _ = self.keepalive.tick() => Some(Bytes::from_static(b": keepalive\n\n")),
+            _ = self.keepalive.tick() => {
+                if self.session.idle_ms() > self.idle_ttl.as_millis() as u64 || !self.holder.holds().await {
+                    return None;
+                }
+                Some(Bytes::from_static(b": keepalive\n\n"))
+            }
             _ = self.shutdown.changed() => None,
         }
     }
@@ -180,8 +210,10 @@ async fn post(
     let bytes = read_body(body, headers, app.opts.max_body_bytes, app.opts.body_read_timeout).await?;
     let parsed = parse_body(&bytes, app.opts.max_json_depth).map_err(Rejection::Parse)?;
     ls.session.touch();
-    match parsed {
-        RpcBody::Single(m) => handle(&app.engine, &ls, &principal, m).await,
+    // One permit per answer this POST will put on the stream, all taken before anything runs.
+    let answers = match &parsed {
+        RpcBody::Single(Message::Request(_)) => 1,
+        RpcBody::Single(_) => 0,
         RpcBody::Batch(items) => {
             if !ls.session.version().is_some_and(ProtocolVersion::allows_batch) {
                 return Err(Rejection::BatchNotAllowed);
@@ -189,12 +221,30 @@ async fn post(
             if items.len() > app.opts.max_batch_items {
                 return Err(Rejection::BatchTooLarge(app.opts.max_batch_items));
             }
+            items.iter().filter(|i| matches!(i, Ok(Message::Request(_)) | Err(_))).count()
+        }
+    };
+    let mut permits = match u32::try_from(answers) {
+        Ok(0) => None,
+        Ok(n) => Some(
+            ls.in_flight
+                .clone()
+                .try_acquire_many_owned(n)
+                .map_err(|_| Rejection::StreamBacklog(app.opts.legacy_in_flight))?,
+        ),
+        Err(_) => return Err(Rejection::StreamBacklog(app.opts.legacy_in_flight)),
+    };
+    let mut next_permit = || {
+        permits.as_mut().and_then(|p| if p.num_permits() > 1 { p.split(1) } else { None }).or_else(|| permits.take())
+    };
+    match parsed {
+        RpcBody::Single(m) => handle(&app.engine, &ls, &principal, m, next_permit()).await,
+        RpcBody::Batch(items) => {
             for item in items {
                 match item {
-                    Ok(m) => handle(&app.engine, &ls, &principal, m).await,
-                    Err((id, e)) => {
-                        let _ = ls.tx.try_send(Bytes::from(write_error(id.as_ref(), &e)));
-                    }
+                    Ok(m @ Message::Request(_)) => handle(&app.engine, &ls, &principal, m, next_permit()).await,
+                    Ok(m) => handle(&app.engine, &ls, &principal, m, None).await,
+                    Err((id, e)) => answer(&ls, Bytes::from(write_error(id.as_ref(), &e)), next_permit()),
                 }
             }
         }
@@ -204,27 +254,40 @@ async fn post(
     Ok(resp)
 }
 
-async fn handle(engine: &Engine, ls: &Arc<LegacySession>, principal: &Principal, m: Message<'_>) {
+/// Puts an answer on the stream, holding `permit` until the stream hands it on; waits for room
+/// in a task of its own when the queue is full (bounded by the permits).
+fn answer(ls: &LegacySession, b: Bytes, permit: Option<OwnedSemaphorePermit>) {
+    if let Err(mpsc::error::TrySendError::Full(m)) = ls.tx.try_send((b, permit)) {
+        let tx = ls.tx.clone();
+        tokio::spawn(async move {
+            // Fails only once the stream is gone, with the session.
+            let _ = tx.send(m).await;
+        });
+    }
+}
+
+async fn handle(
+    engine: &Engine,
+    ls: &Arc<LegacySession>,
+    principal: &Principal,
+    m: Message<'_>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     match m {
         Message::Request(req)
             if let Some(check) = engine.admit(&ls.session, principal, &req)
                 && let Err((error, _)) = check.await =>
         {
-            let _ = ls.tx.send(Bytes::from(error)).await;
+            answer(ls, Bytes::from(error), permit);
         }
         // The answer travels on the SSE stream, so a step-up is the JSON-RPC error, not a 403.
         Message::Request(req) => match engine.request(&ls.session, principal, &req, Sink::Session) {
-            Dispatch::Ready(b) | Dispatch::StepUp { error: b, .. } => {
-                let tx = ls.tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(Bytes::from(b)).await;
-                });
-            }
+            Dispatch::Ready(b) | Dispatch::StepUp { error: b, .. } => answer(ls, Bytes::from(b), permit),
             Dispatch::Pending(fut) => {
                 let tx = ls.tx.clone();
                 tokio::spawn(async move {
                     if let Some(b) = fut.await {
-                        let _ = tx.send(Bytes::from(b)).await;
+                        let _ = tx.send((Bytes::from(b), permit)).await;
                     }
                 });
             }

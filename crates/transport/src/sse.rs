@@ -17,7 +17,31 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::sync::{Notify, watch};
 
-use portcullis_engine::Session;
+use portcullis_engine::{AuthFailure, Principal, TokenVerifier};
+
+/// Who holds a long-lived stream open, rechecked at every keep-alive: a stream outlives neither
+/// its token's expiry nor its revocation (the client reconnects, gets 401, and refreshes). A
+/// stream's keep-alives do not keep its session alive either: only authenticated requests do.
+#[derive(Clone)]
+pub(crate) struct Holder {
+    pub(crate) principal: Principal,
+    pub(crate) verifier: Option<Arc<dyn TokenVerifier>>,
+}
+
+impl Holder {
+    /// True while the principal still holds (always without authentication).
+    pub(crate) async fn holds(&self) -> bool {
+        let Some(v) = &self.verifier else { return true };
+        match v.recheck(&self.principal).await {
+            Ok(()) => true,
+            Err(AuthFailure::Invalid(why) | AuthFailure::Unavailable(why)) => {
+                // Fail closed: a stream whose holder cannot be checked is closed too.
+                tracing::debug!(subject = %portcullis_engine::capped(&self.principal.subject), %why, "closing a stream");
+                false
+            }
+        }
+    }
+}
 
 /// A resumable stream of one session.
 pub(crate) struct EventStream {
@@ -150,7 +174,7 @@ pub(crate) fn reader(
     cursor: u64,
     priming: bool,
     framing: Framing,
-    session: Arc<Session>,
+    holder: Option<Holder>,
     shutdown: watch::Receiver<bool>,
     on_end: impl FnOnce(bool) + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
@@ -160,7 +184,7 @@ pub(crate) fn reader(
     let start = tokio::time::Instant::now() + framing.keepalive;
     let state = Reader {
         stream,
-        session,
+        holder,
         first,
         cursor,
         generation,
@@ -174,7 +198,9 @@ pub(crate) fn reader(
 /// The state of one SSE connection reading a stream.
 struct Reader {
     stream: Arc<EventStream>,
-    session: Arc<Session>,
+    /// Rechecked at each keep-alive (GET streams); `None` for a POST's response stream, which
+    /// ends with its request.
+    holder: Option<Holder>,
     first: Option<Bytes>,
     cursor: u64,
     generation: u64,
@@ -210,7 +236,12 @@ impl Reader {
             tokio::select! {
                 () = &mut wake => {}
                 _ = self.keepalive.tick() => {
-                    self.session.touch();
+                    if let Some(h) = &self.holder
+                        && !h.holds().await
+                    {
+                        self.end(false);
+                        return None;
+                    }
                     return Some(Bytes::from_static(b": keepalive\n\n"));
                 }
                 _ = self.shutdown.changed() => {

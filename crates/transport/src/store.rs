@@ -25,10 +25,41 @@ pub enum StoreFull {
     Owner,
 }
 
+/// Room for one session, counted against the store's limits (in all and per user) until it is
+/// dropped. Taken before anything of the session exists, so a refusal leaves nothing behind;
+/// legacy HTTP+SSE sessions, which live with their stream rather than in the store, hold one for
+/// their lifetime and so count against the same limits.
+pub struct Seat {
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Seat {
+    /// A seat that calls `release` when dropped.
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self { release: Some(Box::new(release)) }
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl std::fmt::Debug for Seat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Seat")
+    }
+}
+
 /// Holds live sessions by id.
 pub trait SessionStore: Send + Sync + 'static {
-    /// Adds a session, or refuses when the store is full.
-    fn insert(&self, session: Arc<HttpSession>) -> Result<(), StoreFull>;
+    /// Room for a session of `owner`, or the limit that refuses it.
+    fn reserve(&self, owner: &Principal) -> Result<Seat, StoreFull>;
+    /// Adds a session into the seat reserved for it (released when the session leaves).
+    fn insert(&self, session: Arc<HttpSession>, seat: Seat);
     /// The session with this id.
     fn get(&self, id: &str) -> Option<Arc<HttpSession>>;
     /// Removes and returns the session with this id.
@@ -147,97 +178,113 @@ impl std::fmt::Debug for HttpSession {
 
 const SHARDS: usize = 16;
 
+/// Sessions by id, each with its seat.
+type Shard = RwLock<HashMap<Arc<str>, (Arc<HttpSession>, Seat)>>;
+
 /// The in-process session store.
 pub struct MemoryStore {
-    shards: [RwLock<HashMap<Arc<str>, Arc<HttpSession>>>; SHARDS],
+    shards: [Shard; SHARDS],
     hasher: std::collections::hash_map::RandomState,
+    /// Sessions in the shards.
     count: AtomicUsize,
+    seats: Arc<Seats>,
+}
+
+/// Seats taken, in all and per user ([`Principal::user_key`]), and the most of each.
+struct Seats {
+    taken: AtomicUsize,
     max: usize,
-    /// Sessions per owner (`Principal::owner_key`), and the most one owner may hold.
-    per_owner: std::sync::Mutex<HashMap<String, usize>>,
-    max_per_owner: usize,
+    per_user: Mutex<HashMap<String, usize>>,
+    max_per_user: usize,
+}
+
+impl Seats {
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.per_user.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(self: &Arc<Self>, owner: &Principal) -> Result<Seat, StoreFull> {
+        if self.taken.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.taken.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreFull::Total);
+        }
+        // Without authentication everyone is the same anonymous principal: not counted per user.
+        let user = (self.max_per_user != usize::MAX && owner.method != AuthMethod::Anonymous).then(|| owner.user_key());
+        if let Some(key) = &user {
+            let mut users = self.users();
+            let n = users.entry(key.clone()).or_insert(0);
+            if *n >= self.max_per_user {
+                if *n == 0 {
+                    users.remove(key);
+                }
+                drop(users);
+                self.taken.fetch_sub(1, Ordering::AcqRel);
+                return Err(StoreFull::Owner);
+            }
+            *n += 1;
+        }
+        let seats = self.clone();
+        Ok(Seat::new(move || {
+            seats.taken.fetch_sub(1, Ordering::AcqRel);
+            if let Some(key) = user {
+                let mut users = seats.users();
+                if let Some(n) = users.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        users.remove(&key);
+                    }
+                }
+            }
+        }))
+    }
 }
 
 impl MemoryStore {
     /// A store holding at most `max` sessions.
     pub fn new(max: usize) -> Self {
+        let seats = Seats { taken: AtomicUsize::new(0), max, per_user: Mutex::default(), max_per_user: usize::MAX };
         Self {
             shards: std::array::from_fn(|_| RwLock::default()),
             hasher: std::collections::hash_map::RandomState::new(),
             count: AtomicUsize::new(0),
-            max,
-            per_owner: std::sync::Mutex::default(),
-            max_per_owner: usize::MAX,
+            seats: Arc::new(seats),
         }
     }
 
-    /// At most `n` sessions per owner (sessions without an owner are not counted).
+    /// At most `n` sessions per user (anonymous sessions are not counted per user).
     #[must_use]
     pub fn with_owner_limit(mut self, n: usize) -> Self {
-        self.max_per_owner = n.max(1);
+        let seats = Arc::get_mut(&mut self.seats).expect("set before any seat is taken");
+        seats.max_per_user = n.max(1);
         self
     }
 
-    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.per_owner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn release(&self, sessions: &[Arc<HttpSession>]) {
-        if self.max_per_owner == usize::MAX {
-            return;
-        }
-        let mut owners = self.owners();
-        for s in sessions {
-            if let Some(key) = s.session.owner().filter(|o| o.method != AuthMethod::Anonymous).map(Principal::owner_key)
-                && let Some(n) = owners.get_mut(&key)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    owners.remove(&key);
-                }
-            }
-        }
-    }
-
-    fn shard(&self, id: &str) -> &RwLock<HashMap<Arc<str>, Arc<HttpSession>>> {
+    fn shard(&self, id: &str) -> &Shard {
         &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
     }
 }
 
 impl SessionStore for MemoryStore {
-    fn insert(&self, session: Arc<HttpSession>) -> Result<(), StoreFull> {
-        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.count.fetch_sub(1, Ordering::AcqRel);
-            return Err(StoreFull::Total);
-        }
-        if self.max_per_owner != usize::MAX
-            && let Some(key) =
-                session.session.owner().filter(|o| o.method != AuthMethod::Anonymous).map(Principal::owner_key)
-        {
-            let mut owners = self.owners();
-            let n = owners.entry(key).or_insert(0);
-            if *n >= self.max_per_owner {
-                self.count.fetch_sub(1, Ordering::AcqRel);
-                return Err(StoreFull::Owner);
-            }
-            *n += 1;
-        }
+    fn reserve(&self, owner: &Principal) -> Result<Seat, StoreFull> {
+        self.seats.take(owner)
+    }
+
+    fn insert(&self, session: Arc<HttpSession>, seat: Seat) {
         let id = session.session.id_arc();
-        write(self.shard(&id)).insert(id, session);
-        Ok(())
+        let old = write(self.shard(&id)).insert(id, (session, seat));
+        if old.is_none() {
+            self.count.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     fn get(&self, id: &str) -> Option<Arc<HttpSession>> {
-        self.shard(id).read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
+        self.shard(id).read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).map(|(s, _)| s.clone())
     }
 
     fn remove(&self, id: &str) -> Option<Arc<HttpSession>> {
-        let removed = write(self.shard(id)).remove(id);
-        if let Some(s) = &removed {
-            self.count.fetch_sub(1, Ordering::AcqRel);
-            self.release(std::slice::from_ref(s));
-        }
-        removed
+        let (session, _seat) = write(self.shard(id)).remove(id)?;
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        Some(session)
     }
 
     fn len(&self) -> usize {
@@ -248,27 +295,30 @@ impl SessionStore for MemoryStore {
         let limit = idle.as_millis() as u64;
         let mut out = Vec::new();
         for shard in &self.shards {
+            // Seats are released once the shard's lock is let go.
+            let mut seats = Vec::new();
             let mut map = write(shard);
-            map.retain(|_, s| {
-                let keep = s.session.idle_ms() <= limit;
-                if !keep {
-                    out.push(s.clone());
+            let idle: Vec<Arc<str>> =
+                map.iter().filter(|(_, (s, _))| s.session.idle_ms() > limit).map(|(id, _)| id.clone()).collect();
+            for id in idle {
+                if let Some((s, seat)) = map.remove(&id) {
+                    out.push(s);
+                    seats.push(seat);
                 }
-                keep
-            });
+            }
+            drop(map);
+            self.count.fetch_sub(seats.len(), Ordering::AcqRel);
         }
-        self.count.fetch_sub(out.len(), Ordering::AcqRel);
-        self.release(&out);
         out
     }
 
     fn drain(&self) -> Vec<Arc<HttpSession>> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            out.extend(write(shard).drain().map(|(_, s)| s));
+            let taken: Vec<_> = write(shard).drain().map(|(_, v)| v).collect();
+            self.count.fetch_sub(taken.len(), Ordering::AcqRel);
+            out.extend(taken.into_iter().map(|(s, _seat)| s));
         }
-        self.count.fetch_sub(out.len(), Ordering::AcqRel);
-        self.release(&out);
         out
     }
 }
@@ -281,34 +331,62 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests {
     use super::*;
 
+    /// Reserve, then insert: what `initialize` does.
+    fn put(store: &MemoryStore, s: Arc<HttpSession>) -> Result<(), StoreFull> {
+        let owner = s.session().owner().cloned().unwrap_or_else(Principal::anonymous);
+        let seat = store.reserve(&owner)?;
+        store.insert(s, seat);
+        Ok(())
+    }
+
+    fn user(sub: &str, client: &str) -> Principal {
+        Principal {
+            subject: sub.into(),
+            client_id: Some(client.into()),
+            method: AuthMethod::Jwt,
+            ..Principal::anonymous()
+        }
+    }
+
     #[test]
-    fn sessions_per_owner_are_capped_and_released() {
+    fn sessions_per_user_are_capped_and_released() {
         let store = MemoryStore::new(100).with_owner_limit(2);
-        let owned = |sub: &str| {
+        let owned = |sub: &str, client: &str| {
             let s = Arc::new(HttpSession::new(8));
-            s.session().bind_owner(Principal {
-                subject: sub.into(),
-                method: AuthMethod::Jwt,
-                ..Principal::anonymous()
-            });
+            s.session().bind_owner(user(sub, client));
             s
         };
-        let (a1, a2) = (owned("alice"), owned("alice"));
-        store.insert(a1.clone()).unwrap();
-        store.insert(a2).unwrap();
-        assert_eq!(store.insert(owned("alice")), Err(StoreFull::Owner));
-        store.insert(owned("bob")).unwrap();
+        let (a1, a2) = (owned("alice", "c1"), owned("alice", "c2"));
+        put(&store, a1.clone()).unwrap();
+        put(&store, a2).unwrap();
+        // Another OAuth client of the same user is the same user.
+        assert_eq!(put(&store, owned("alice", "c3")), Err(StoreFull::Owner));
+        put(&store, owned("bob", "c1")).unwrap();
         store.remove(a1.id()).unwrap();
-        store.insert(owned("alice")).unwrap();
-        assert_eq!(store.insert(owned("alice")), Err(StoreFull::Owner));
+        put(&store, owned("alice", "c1")).unwrap();
+        assert_eq!(put(&store, owned("alice", "c1")), Err(StoreFull::Owner));
         store.drain();
-        store.insert(owned("alice")).unwrap();
-        // Without authentication everyone is the same anonymous principal: not capped per owner.
+        put(&store, owned("alice", "c1")).unwrap();
+        // Without authentication everyone is the same anonymous principal: not capped per user.
         for _ in 0..5 {
             let s = Arc::new(HttpSession::new(8));
             s.session().bind_owner(Principal::anonymous());
-            store.insert(s).unwrap();
+            put(&store, s).unwrap();
         }
+    }
+
+    #[test]
+    fn a_seat_held_outside_the_store_counts_until_dropped() {
+        let store = MemoryStore::new(3).with_owner_limit(1);
+        let legacy = store.reserve(&user("alice", "c")).unwrap();
+        assert_eq!(store.reserve(&user("alice", "c")).unwrap_err(), StoreFull::Owner);
+        let other = store.reserve(&user("bob", "c")).unwrap();
+        let third = store.reserve(&user("carol", "c")).unwrap();
+        assert_eq!(store.reserve(&user("dave", "c")).unwrap_err(), StoreFull::Total);
+        assert_eq!(store.len(), 0, "seats are not sessions");
+        drop((legacy, other, third));
+        store.reserve(&user("alice", "c")).unwrap();
+        assert!(store.seats.users().is_empty(), "released seats leave no entry behind");
     }
 
     #[test]
@@ -317,9 +395,9 @@ mod tests {
         let a = Arc::new(HttpSession::new(8));
         let b = Arc::new(HttpSession::new(8));
         let c = Arc::new(HttpSession::new(8));
-        store.insert(a.clone()).unwrap();
-        store.insert(b.clone()).unwrap();
-        assert_eq!(store.insert(c), Err(StoreFull::Total));
+        put(&store, a.clone()).unwrap();
+        put(&store, b.clone()).unwrap();
+        assert_eq!(put(&store, c), Err(StoreFull::Total));
         assert_eq!(store.len(), 2);
         assert!(store.get(a.id()).is_some());
         assert!(store.remove(a.id()).is_some());
@@ -328,16 +406,18 @@ mod tests {
         assert_eq!(store.len(), 1);
         assert_eq!(store.drain().len(), 1);
         assert!(store.is_empty());
+        assert_eq!(store.seats.taken.load(Ordering::Relaxed), 0);
     }
 
     #[test]
     fn idle_sessions_are_taken() {
         let store = MemoryStore::new(10);
-        store.insert(Arc::new(HttpSession::new(8))).unwrap();
+        put(&store, Arc::new(HttpSession::new(8))).unwrap();
         assert!(store.take_idle(Duration::from_secs(60)).is_empty());
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(store.take_idle(Duration::ZERO).len(), 1);
         assert_eq!(store.len(), 0);
+        assert_eq!(store.seats.taken.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -60,12 +60,24 @@ pub(crate) enum Rejection {
     /// (RFC 6750 §3.1, 2025-11-25 basic/authorization §Scope Challenge Handling); the body is the
     /// engine's JSON-RPC error, which names them too.
     InsufficientScope { challenge: String, error: Vec<u8> },
+    /// A legacy HTTP+SSE session has this many answers in flight or unread on its stream: 429
+    /// with `Retry-After` until the client reads.
+    StreamBacklog(usize),
     /// A rate limit refused the call: 429 with `Retry-After`; the body is the engine's JSON-RPC
     /// error with `data.retryAfterMs`.
     RateLimited { retry_after: std::time::Duration, error: Vec<u8> },
 }
 
 // === impl Rejection ===
+
+impl From<crate::store::StoreFull> for Rejection {
+    fn from(full: crate::store::StoreFull) -> Self {
+        match full {
+            crate::store::StoreFull::Total => Self::TooManySessions,
+            crate::store::StoreFull::Owner => Self::TooManySessionsForPrincipal,
+        }
+    }
+}
 
 impl Rejection {
     pub(crate) fn status(&self) -> StatusCode {
@@ -76,7 +88,7 @@ impl Rejection {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownSession => StatusCode::NOT_FOUND,
             Self::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
-            Self::TooManySessionsForPrincipal => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManySessionsForPrincipal | Self::StreamBacklog(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
@@ -140,6 +152,13 @@ impl Rejection {
                     "too many open sessions for this user: end one (DELETE) or wait for one to expire",
                 ),
             ),
+            Self::StreamBacklog(n) => (
+                None,
+                RpcError::new(
+                    code::INVALID_REQUEST,
+                    format!("{n} answers on this session's SSE stream are not yet read: read the stream, then retry"),
+                ),
+            ),
             Self::MethodNotAllowed(allow) => (None, invalid(format!("method not allowed here; allowed: {allow}"))),
             Self::Unauthorized { message, .. } => (None, invalid(format!("unauthorized: {message}"))),
             Self::AuthUnavailable => {
@@ -174,6 +193,9 @@ impl IntoResponse for Rejection {
         match self {
             Self::TooManySessions => {
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::StreamBacklog(_) => {
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::MethodNotAllowed(allow) => {
                 resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
