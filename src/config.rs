@@ -968,6 +968,7 @@ impl Config {
             origins: s
                 .allowed_origins
                 .unwrap_or_else(|| if on_loopback { loopback.origins.clone() } else { Vec::new() }),
+            direct_only: matches!(raw.auth.mode, AuthMode::Dev | AuthMode::Off),
         };
         let dev_issuer = raw.auth.dev_issuer.clone().unwrap_or_else(|| format!("http://{}", s.listen));
         if matches!(raw.auth.mode, AuthMode::Dev | AuthMode::Off) && s.listen.ip().is_loopback() {
@@ -1217,8 +1218,7 @@ fn resolve_auth(
             "auth.resource must be an absolute http(s) URL without a fragment, got {resource:?}"
         )));
     }
-    let client = reqwest::Client::builder()
-        .build()
+    let client = portcullis_auth::http_client()
         .map_err(|e| ConfigError::Invalid(format!("cannot build the HTTP client for JWKS: {e}")))?;
     let mut issuers = Vec::new();
     for (i, is) in a.issuers.iter().enumerate() {

@@ -442,3 +442,22 @@ async fn the_session_cap_counts_the_user_not_each_oauth_client() {
     let r = d.http.post(d.resource()).bearer_auth(by("c3")).header("accept", ACCEPT).json(&init).send().await.unwrap();
     assert_eq!(r.status(), 429, "a third OAuth client of the same user");
 }
+
+#[tokio::test]
+async fn in_dev_mode_a_request_through_a_proxy_is_refused_with_the_reason() {
+    let d = start().await;
+    let alice = d.mint("alice", "mcp:tools", &[]);
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
+    for (name, value) in [("x-forwarded-for", "203.0.113.7"), ("forwarded", "for=203.0.113.7"), ("via", "1.1 proxy")] {
+        let r = d.http.post(d.resource()).bearer_auth(&alice).header("accept", ACCEPT).header(name, value);
+        let r = r.json(&init).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{name}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("through a proxy"), "{v}");
+        // The dev authorization server's routes too.
+        let r = d.http.get(format!("{}/.well-known/oauth-authorization-server", d.base)).header(name, value);
+        assert_eq!(r.send().await.unwrap().status(), 403, "{name}");
+    }
+    open(&d, &alice, "2025-11-25").await;
+}

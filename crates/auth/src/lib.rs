@@ -164,7 +164,45 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// The HTTP client for JWKS and introspection: it follows at most 5 redirects and never one
+/// from `https` to anything else, so a redirect cannot move key material or client credentials
+/// onto plain HTTP.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let previous: Vec<&str> = attempt.previous().iter().map(reqwest::Url::scheme).collect();
+            if downgrades(&previous, attempt.url().scheme()) {
+                attempt.error("refused a redirect from https to a plain URL")
+            } else if attempt.previous().len() > 5 {
+                attempt.error("too many redirects")
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()
+}
+
+/// True when a chain that went through `https` would continue on another scheme.
+fn downgrades(previous_schemes: &[&str], next_scheme: &str) -> bool {
+    previous_schemes.contains(&"https") && next_scheme != "https"
+}
+
 /// Convenience for callers holding an `Arc`.
 pub fn shared(a: Authenticator) -> Arc<dyn TokenVerifier> {
     Arc::new(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_never_leaves_https() {
+        assert!(downgrades(&["https"], "http"));
+        assert!(downgrades(&["http", "https"], "http"), "once on https, always on https");
+        assert!(!downgrades(&["https"], "https"));
+        assert!(!downgrades(&["http"], "https"));
+        assert!(!downgrades(&["http"], "http"), "a plain-HTTP issuer (loopback, dev) may redirect on plain HTTP");
+        assert!(http_client().is_ok());
+    }
 }

@@ -13,6 +13,10 @@ pub struct OriginPolicy {
     /// Allowed origins: an entry with `://` must equal the `Origin` exactly; any other entry is a
     /// host name matched against the origin's host (any scheme and port). Empty: any origin.
     pub origins: Vec<String>,
+    /// Refuse requests that came through a proxy (`Forwarded`, `X-Forwarded-*`, `Via`): set
+    /// when authentication is `dev` or `off`, which are safe only for callers on this machine.
+    /// A proxy or tunnel in front means the caller may be anywhere.
+    pub direct_only: bool,
 }
 
 /// Which check failed.
@@ -20,6 +24,7 @@ pub struct OriginPolicy {
 pub(crate) enum Refusal {
     Host,
     Origin,
+    Proxied,
 }
 
 // === impl OriginPolicy ===
@@ -28,7 +33,7 @@ impl OriginPolicy {
     /// The loopback names, for a server bound to loopback.
     pub fn loopback() -> Self {
         let names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec();
-        Self { hosts: names.clone(), origins: names }
+        Self { hosts: names.clone(), origins: names, direct_only: false }
     }
 
     pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Refusal> {
@@ -37,6 +42,14 @@ impl OriginPolicy {
             if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host_part(host))) {
                 return Err(Refusal::Host);
             }
+        }
+        if self.direct_only
+            && headers.keys().any(|k| {
+                let k = k.as_str();
+                k == "forwarded" || k == "via" || k.starts_with("x-forwarded-")
+            })
+        {
+            return Err(Refusal::Proxied);
         }
         match headers.get(ORIGIN) {
             Some(origin) if !self.allows_origin(origin) => Err(Refusal::Origin),
@@ -96,8 +109,20 @@ mod tests {
     }
 
     #[test]
+    fn a_direct_only_policy_refuses_what_came_through_a_proxy() {
+        let p = OriginPolicy { direct_only: true, ..OriginPolicy::loopback() };
+        assert_eq!(p.check(&headers("localhost:8080", None)), Ok(()));
+        for h in ["forwarded", "x-forwarded-for", "x-forwarded-host", "X-Forwarded-Proto", "via"] {
+            let mut with = headers("localhost:8080", None);
+            with.insert(http::HeaderName::from_bytes(h.as_bytes()).unwrap(), HeaderValue::from_static("1.2.3.4"));
+            assert_eq!(p.check(&with), Err(Refusal::Proxied), "{h}");
+            assert_eq!(OriginPolicy::loopback().check(&with), Ok(()), "only when direct_only: {h}");
+        }
+    }
+
+    #[test]
     fn exact_origins_and_open_policy() {
-        let p = OriginPolicy { hosts: vec![], origins: vec!["https://app.example.com".into()] };
+        let p = OriginPolicy { hosts: vec![], origins: vec!["https://app.example.com".into()], direct_only: false };
         assert_eq!(p.check(&headers("anything", Some("https://app.example.com"))), Ok(()));
         assert_eq!(p.check(&headers("anything", Some("http://app.example.com"))), Err(Refusal::Origin));
         assert_eq!(OriginPolicy::default().check(&headers("x", Some("http://y"))), Ok(()));

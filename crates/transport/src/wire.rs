@@ -110,6 +110,14 @@ impl Rejection {
         match self {
             Self::Forbidden(Refusal::Host) => (None, invalid("Host header not allowed".into())),
             Self::Forbidden(Refusal::Origin) => (None, invalid("Origin not allowed".into())),
+            Self::Forbidden(Refusal::Proxied) => (
+                None,
+                invalid(
+                    "this server runs with auth.mode = dev or off, for callers on this machine only, and refuses \
+                     requests that came through a proxy (Forwarded, X-Forwarded-*, Via); use auth.mode = jwt behind a proxy"
+                        .into(),
+                ),
+            ),
             Self::UnsupportedMediaType => (None, invalid("Content-Type must be application/json".into())),
             Self::NotAcceptable => (None, invalid("Accept must allow application/json or text/event-stream".into())),
             Self::PayloadTooLarge(limit) => (None, invalid(format!("body exceeds the limit of {limit} bytes"))),
